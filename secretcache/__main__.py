@@ -1,0 +1,67 @@
+"""``python -m secretcache``: the same server as ``twistd -n secretcache``,
+without twistd's pid file, and the start path of the Lambda extension."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("AWS_LAMBDA_RUNTIME_API"):
+        from secretcache.lambda_start import run_extension
+
+        return run_extension(args)
+    return run_server(args)
+
+
+def run_server(args: list[str]) -> int:
+    from twisted.python import usage
+
+    from secretcache.tap import Options, fail, settings_or_exit
+
+    options = Options()
+    try:
+        options.parseOptions(args)
+    except usage.UsageError as e:
+        fail(f"{e} (see --help)")
+    settings = settings_or_exit(options, os.environ)
+
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner
+
+    from secretcache.config import ConfigError
+    from secretcache.logs import make_observer
+    from secretcache.tap import build_service
+
+    globalLogBeginner.beginLoggingTo(
+        [make_observer(settings.log_level, settings.log_format, sys.stdout)],
+        redirectStandardIO=False,
+    )
+    try:
+        service = build_service(settings, reactor, os.environ)
+    except ConfigError as e:
+        fail(str(e))
+    exit_status = [0]
+
+    def start() -> None:
+        try:
+            service.privilegedStartService()
+            service.startService()
+        except Exception as e:
+            sys.stderr.write(f"secretcache: cannot start: {e}\n")
+            exit_status[0] = 1
+            reactor.stop()  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+        "before", "shutdown", lambda: service.stopService() if service.running else None
+    )
+    reactor.run()  # type: ignore[attr-defined]
+    return exit_status[0]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,371 @@
+"""The HTTP API: both dialects' routes, the checks every request passes in the
+SPEC's order (route, X-Forwarded-For, token, method, parameters), and the
+rendering of secrets and errors.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from secretcache.cache import Outcome, SecretCache
+from secretcache.config import TOKEN_HEADERS, Token
+from secretcache.errors import (
+    SecretcacheError,
+    access_denied,
+    forwarded_request,
+    invalid_parameter,
+    method_not_allowed,
+    not_found_route,
+)
+from secretcache.secret import SecretKey, SecretValue
+
+JSON = b"application/json"
+TEXT = b"text/plain; charset=utf-8"
+MAX_SECRET_ID = 2048
+MAX_VERSION_ID = 64
+MAX_VERSION_STAGE = 256
+MAX_QUERY = 8192
+
+_AWS_PARAMETERS = frozenset({"secretId", "versionId", "versionStage", "refreshNow"})
+_V1_PARAMETERS = frozenset({"versionId", "versionStage", "refreshNow"})
+_PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
+
+
+class RequestObserver:
+    """Told of every answered request; metrics and the access log subclass it."""
+
+    def answered(
+        self, route: str, method: bytes, status: int, outcome: Outcome | None,
+        seconds: float,
+    ) -> None:
+        pass
+
+
+class _Query:
+    """A query string decoded strictly: ``+`` is a plus sign (secret names may
+    hold one, spaces they may not), every ``%`` escape must be valid, every
+    value valid UTF-8."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.pairs: list[tuple[str, str]] = []
+        if len(raw) > MAX_QUERY:
+            raise invalid_parameter(f"query string longer than {MAX_QUERY} bytes")
+        for item in raw.split(b"&"):
+            if not item:
+                continue
+            name, _, value = item.partition(b"=")
+            self.pairs.append((_unescape(name, "parameter name"), _unescape(value, "value")))
+
+    def first(self, name: str) -> str | None:
+        for key, value in self.pairs:
+            if key == name:
+                return value
+        return None
+
+    def strict(self, allowed: frozenset[str]) -> dict[str, str]:
+        result: dict[str, str] = {}
+        for key, value in self.pairs:
+            if key not in allowed:
+                raise invalid_parameter(
+                    f"unknown parameter {_quote(key)}; allowed: "
+                    + ", ".join(sorted(allowed))
+                )
+            if key in result:
+                raise invalid_parameter(f"parameter {_quote(key)} given more than once")
+            result[key] = value
+        return result
+
+
+def _unescape(raw: bytes, what: str) -> str:
+    if b"%" in raw:
+        if raw.count(b"%") != len(_PERCENT.findall(raw)):
+            raise invalid_parameter(f"invalid percent-escape in a query {what}")
+        raw = _PERCENT.sub(lambda m: bytes([int(m.group(1), 16)]), raw)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid_parameter(f"a query {what} is not valid UTF-8") from None
+
+
+def _quote(text: str) -> str:
+    return repr(text[:64] + ("..." if len(text) > 64 else ""))
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
+
+
+def _checked(value: str | None, name: str, limit: int, required: bool) -> str | None:
+    if value is None or value == "":
+        if required:
+            raise invalid_parameter(f"missing required parameter {name}")
+        return None
+    if len(value) > limit or _has_control(value):
+        raise invalid_parameter(
+            f"{name} must be 1 to {limit} characters with no control characters"
+        )
+    return value
+
+
+def _flag(value: str | None, name: str) -> bool:
+    if value is None:
+        return False
+    lowered = value.lower()
+    if lowered in ("1", "true"):
+        return True
+    if lowered in ("0", "false", ""):
+        return False
+    raise invalid_parameter(f"{name} must be true, false, 1 or 0")
+
+
+def _send(
+    request: IRequest,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    headers: Mapping[bytes, bytes] = {},  # noqa: B006 (never mutated)
+) -> bytes:
+    request.setResponseCode(status)
+    response = request.responseHeaders
+    response.setRawHeaders(b"content-type", [content_type])
+    response.setRawHeaders(b"content-length", [b"%d" % len(body)])
+    for name, value in headers.items():
+        response.setRawHeaders(name, [value])
+    return body
+
+
+_NO_STORE = {b"cache-control": b"no-store"}
+
+
+class SecretcacheAPI:
+    """The Klein app. Build it with a cache and the token; serve
+    ``SecretcacheAPI(...).app.resource()``."""
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(
+        self,
+        cache: SecretCache,
+        *,
+        token: Token | None,
+        legacy_errors: bool = False,
+        readiness: Callable[[], str | None] = lambda: None,
+        metrics: Callable[[], tuple[bytes, bytes]] | None = None,
+        observer: RequestObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cache = cache
+        self._token = token
+        self._legacy_errors = legacy_errors
+        self._readiness = readiness
+        self._metrics = metrics
+        self._observer = observer or RequestObserver()
+        self._now = clock
+
+    # Routes. Every route takes any method: the method is checked after the
+    # token, in the SPEC's order, not by the router.
+
+    @app.route("/cache")
+    def legacy(self, request: IRequest) -> Any:
+        started = self._now()
+        try:
+            self._check_caller(request)
+            query = _Query(_query_bytes(request))
+            secret_id = _checked(query.first("name"), "name", MAX_SECRET_ID, True)
+            key = SecretKey(
+                secret_id or "",
+                _checked(query.first("versionId"), "versionId", MAX_VERSION_ID, False),
+                _checked(
+                    query.first("versionStage"), "versionStage", MAX_VERSION_STAGE, False
+                ),
+            )
+            refresh = _flag(query.first("refresh"), "refresh")
+        except SecretcacheError as error:
+            return self._legacy_error(request, "cache", error, started)
+        return self._serve(request, "cache", key, refresh, started, legacy=True)
+
+    @app.route("/secretsmanager/get")
+    def aws_get(self, request: IRequest) -> Any:
+        started = self._now()
+        try:
+            self._check_caller(request)
+            self._check_get(request)
+            params = _Query(_query_bytes(request)).strict(_AWS_PARAMETERS)
+            key = self._aws_key(params.get("secretId"), params)
+        except SecretcacheError as error:
+            return self._error(request, "secretsmanager/get", error, started)
+        refresh = _flag(params.get("refreshNow"), "refreshNow")
+        return self._serve(request, "secretsmanager/get", key, refresh, started)
+
+    @app.route("/v1/", branch=True, strict_slashes=False)
+    def aws_v1(self, request: IRequest) -> Any:
+        started = self._now()
+        try:
+            self._check_caller(request)
+            self._check_get(request)
+            params = _Query(_query_bytes(request)).strict(_V1_PARAMETERS)
+            raw_path = request.uri.split(b"?", 1)[0]
+            raw_id = raw_path[len(b"/v1/") :] if raw_path.startswith(b"/v1/") else b""
+            key = self._aws_key(_unescape(raw_id, "path"), params)
+            refresh = _flag(params.get("refreshNow"), "refreshNow")
+        except SecretcacheError as error:
+            return self._error(request, "v1", error, started)
+        return self._serve(request, "v1", key, refresh, started)
+
+    @app.route("/ping")
+    def ping(self, request: IRequest) -> bytes:
+        started = self._now()
+        try:
+            _check_forwarded(request)
+            self._check_get(request)
+        except SecretcacheError as error:
+            return self._error(request, "ping", error, started)
+        self._observer.answered("ping", request.method, 200, None, self._now() - started)
+        return _send(request, 200, b"healthy", TEXT)
+
+    @app.route("/ready")
+    def ready(self, request: IRequest) -> bytes:
+        started = self._now()
+        try:
+            _check_forwarded(request)
+            self._check_get(request)
+            problem = self._readiness()
+            if problem is not None:
+                raise SecretcacheError(503, "NotReady", problem)
+        except SecretcacheError as error:
+            return self._error(request, "ready", error, started)
+        self._observer.answered("ready", request.method, 200, None, self._now() - started)
+        return _send(request, 200, b"ready", TEXT)
+
+    @app.route("/metrics")
+    def metrics(self, request: IRequest) -> bytes:
+        started = self._now()
+        try:
+            if self._metrics is None:
+                raise not_found_route()
+            _check_forwarded(request)
+            self._check_get(request)
+        except SecretcacheError as error:
+            return self._error(request, "metrics", error, started)
+        body, content_type = self._metrics()
+        self._observer.answered("metrics", request.method, 200, None, self._now() - started)
+        return _send(request, 200, body, content_type)
+
+    @app.handle_errors(NotFound, MethodNotAllowed)
+    def not_found(self, request: IRequest, failure: Failure) -> bytes:
+        return self._error(request, "unknown", not_found_route(), self._now())
+
+    @app.handle_errors(Exception)
+    def internal_error(self, request: IRequest, failure: Failure) -> bytes:
+        self.log.failure("unexpected error answering a request", failure)
+        error = SecretcacheError(500, "InternalFailure", "internal error")
+        return self._error(request, "unknown", error, self._now())
+
+    # The checks.
+
+    def _check_caller(self, request: IRequest) -> None:
+        _check_forwarded(request)
+        if self._token is not None:
+            headers = request.requestHeaders
+            for name in TOKEN_HEADERS:
+                values = headers.getRawHeaders(name)
+                if values and self._token.matches(values[0]):
+                    return
+            raise access_denied()
+
+    @staticmethod
+    def _check_get(request: IRequest) -> None:
+        if request.method != b"GET":
+            raise method_not_allowed(request.method.decode("latin-1")[:16], "GET")
+
+    @staticmethod
+    def _aws_key(secret_id: str | None, params: dict[str, str]) -> SecretKey:
+        return SecretKey(
+            _checked(secret_id, "secretId", MAX_SECRET_ID, True) or "",
+            _checked(params.get("versionId"), "versionId", MAX_VERSION_ID, False),
+            _checked(params.get("versionStage"), "versionStage", MAX_VERSION_STAGE, False),
+        )
+
+    # Answers.
+
+    def _serve(
+        self,
+        request: IRequest,
+        route: str,
+        key: SecretKey,
+        refresh: bool,
+        started: float,
+        legacy: bool = False,
+    ) -> bytes | Deferred[bytes]:
+        if not refresh:
+            value = self._cache.lookup(key)
+            if value is not None:
+                return self._secret(request, route, value, Outcome.HIT, started, legacy)
+        d = self._cache.get(key, refresh)
+        d.addCallback(
+            lambda result: self._secret(request, route, *result, started, legacy)
+        )
+        answer_error = self._legacy_error if legacy else self._error
+
+        def failed(failure: Failure) -> bytes | Deferred[bytes]:
+            failure.trap(SecretcacheError)
+            return answer_error(request, route, failure.value, started)
+
+        d.addErrback(failed)
+        return d
+
+    def _secret(
+        self,
+        request: IRequest,
+        route: str,
+        value: SecretValue,
+        outcome: Outcome,
+        started: float,
+        legacy: bool,
+    ) -> bytes:
+        self._observer.answered(route, request.method, 200, outcome, self._now() - started)
+        headers = {b"cache-control": b"no-store", b"x-secretcache-cache": outcome.value}
+        if legacy:
+            return _send(request, 200, value.raw_body, value.raw_content_type, headers)
+        return _send(request, 200, value.aws_body, JSON, headers)
+
+    def _error(
+        self, request: IRequest, route: str, error: SecretcacheError, started: float
+    ) -> bytes:
+        self._observer.answered(
+            route, request.method, error.status, None, self._now() - started
+        )
+        return _send(request, error.status, error.body(), JSON, _NO_STORE)
+
+    def _legacy_error(
+        self, request: IRequest, route: str, error: SecretcacheError, started: float
+    ) -> bytes | Deferred[bytes]:
+        if not self._legacy_errors:
+            return self._error(request, route, error, started)
+        # The Go server's clients fall back to Secrets Manager only when the
+        # connection fails, so answer nothing and close it.
+        self._observer.answered(route, request.method, 0, None, self._now() - started)
+        request.channel.loseConnection()
+        never: Deferred[bytes] = Deferred()
+        return never
+
+
+def _check_forwarded(request: IRequest) -> None:
+    if request.requestHeaders.hasHeader(b"x-forwarded-for"):
+        raise forwarded_request()
+
+
+def _query_bytes(request: IRequest) -> bytes:
+    _, _, query = request.uri.partition(b"?")
+    return query

@@ -1,0 +1,155 @@
+"""What a secret is once fetched: ``SecretKey`` and ``SecretValue``.
+
+A ``SecretValue`` renders its response bodies once, when it is fetched, so a
+cache hit only writes bytes it already holds. Its repr never shows the value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from secretcache.errors import SecretcacheError, upstream_failure
+
+
+@dataclass(frozen=True, slots=True)
+class SecretKey:
+    """The cache key: the id exactly as the client gave it, version, stage."""
+
+    secret_id: str
+    version_id: str | None = None
+    version_stage: str | None = None
+
+    def request_body(self) -> dict[str, str]:
+        body = {"SecretId": self.secret_id}
+        if self.version_id is not None:
+            body["VersionId"] = self.version_id
+        if self.version_stage is not None:
+            body["VersionStage"] = self.version_stage
+        return body
+
+
+class SecretValue:
+    """One GetSecretValue answer, with both dialects' bodies pre-rendered."""
+
+    __slots__ = (
+        "arn",
+        "aws_body",
+        "created_date",
+        "name",
+        "raw_body",
+        "raw_content_type",
+        "version_id",
+        "version_stages",
+    )
+
+    def __init__(
+        self,
+        *,
+        arn: str,
+        name: str,
+        version_id: str,
+        version_stages: list[str],
+        created_date: float | int | None,
+        secret_string: str | None = None,
+        secret_binary: bytes | None = None,
+    ) -> None:
+        self.arn = arn
+        self.name = name
+        self.version_id = version_id
+        self.version_stages = tuple(version_stages)
+        self.created_date = created_date
+        body: dict[str, Any] = {"ARN": arn, "Name": name, "VersionId": version_id}
+        if secret_binary is not None:
+            body["SecretBinary"] = base64.b64encode(secret_binary).decode("ascii")
+            self.raw_body = secret_binary
+            self.raw_content_type = b"application/octet-stream"
+        else:
+            body["SecretString"] = secret_string or ""
+            self.raw_body = (secret_string or "").encode("utf-8")
+            self.raw_content_type = b"text/plain; charset=utf-8"
+        body["VersionStages"] = list(version_stages)
+        if created_date is not None:
+            body["CreatedDate"] = created_date
+        self.aws_body = json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+    def __repr__(self) -> str:
+        return f"<SecretValue {self.name!r} version {self.version_id!r}, redacted>"
+
+    __str__ = __repr__
+
+
+def _text(document: dict[str, Any], field: str, default: str | None = None) -> str:
+    value = document.get(field, default)
+    if not isinstance(value, str):
+        raise unparseable(f"the answer's {field} is missing or not a string")
+    return value
+
+
+def unparseable(reason: str) -> SecretcacheError:
+    return upstream_failure(f"unparseable answer from Secrets Manager: {reason}")
+
+
+def parse_secret_value(body: bytes, key: SecretKey) -> SecretValue:
+    """Parse a 200 answer; refuse one that is not for the secret asked for."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise unparseable("not JSON") from None
+    if not isinstance(document, dict):
+        raise unparseable("not a JSON object")
+    arn = _text(document, "ARN")
+    name = _text(document, "Name")
+    version_id = _text(document, "VersionId")
+    stages = document.get("VersionStages", [])
+    if not isinstance(stages, list) or not all(isinstance(s, str) for s in stages):
+        raise unparseable("VersionStages is not a list of strings")
+    created = document.get("CreatedDate")
+    if created is not None and (
+        isinstance(created, bool) or not isinstance(created, (int, float))
+    ):
+        raise unparseable("CreatedDate is not a number")
+    secret_string = document.get("SecretString")
+    secret_binary = document.get("SecretBinary")
+    binary: bytes | None = None
+    if secret_string is not None and not isinstance(secret_string, str):
+        raise unparseable("SecretString is not a string")
+    if secret_binary is not None:
+        if not isinstance(secret_binary, str):
+            raise unparseable("SecretBinary is not a base64 string")
+        try:
+            binary = base64.b64decode(secret_binary, validate=True)
+        except (binascii.Error, ValueError):
+            raise unparseable("SecretBinary is not valid base64") from None
+    if secret_string is None and binary is None:
+        raise unparseable("it holds neither SecretString nor SecretBinary")
+    if not _is_same_secret(key.secret_id, arn, name) or (
+        key.version_id is not None and key.version_id != version_id
+    ):
+        # Never hand a client a secret other than the one it asked for, even if
+        # something between us and Secrets Manager mixes answers up.
+        raise upstream_failure("Secrets Manager answered for a different secret")
+    return SecretValue(
+        arn=arn,
+        name=name,
+        version_id=version_id,
+        version_stages=stages,
+        created_date=created,
+        secret_string=secret_string if binary is None else None,
+        secret_binary=binary,
+    )
+
+
+def _is_same_secret(secret_id: str, arn: str, name: str) -> bool:
+    if secret_id in (name, arn):
+        return True
+    # A partial ARN: the full ARN without its "-" and six random characters.
+    return (
+        secret_id.startswith("arn:")
+        and arn.startswith(secret_id)
+        and len(arn) == len(secret_id) + 7
+        and arn[len(secret_id)] == "-"
+    )

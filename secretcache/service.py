@@ -1,0 +1,170 @@
+"""The long-running parts: listeners, prefetch and readiness, the cache's
+maintenance timer, and the root service that owns them and the HTTP pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
+from twisted.python.failure import Failure
+
+from secretcache.cache import SecretCache
+from secretcache.credentials import ICredentialSource
+from secretcache.errors import SecretcacheError
+from secretcache.secret import SecretKey
+
+
+class OptionalListener(StreamServerEndpointService):
+    """A listener that may fail to bind: the default ``::1`` one, since not
+    every host or container has IPv6 loopback."""
+
+    log = Logger()
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        assert self._waitingForPort is not None
+        self._waitingForPort.addErrback(self._unavailable)
+
+    def _unavailable(self, failure: Failure) -> None:
+        self.log.warn(
+            "not listening on {endpoint}: {reason}",
+            endpoint=self.description,
+            reason=failure.getErrorMessage(),
+        )
+        self._waitingForPort = None
+
+
+def listener(
+    endpoint: IStreamServerEndpoint, factory: Factory, description: str, optional: bool
+) -> StreamServerEndpointService:
+    service: StreamServerEndpointService
+    if optional:
+        service = OptionalListener(endpoint, factory)
+    else:
+        service = StreamServerEndpointService(endpoint, factory)
+        # Fail start-up when an explicitly asked-for listener cannot bind.
+        service._raiseSynchronously = True
+    service.description = description  # type: ignore[attr-defined]
+    return service
+
+
+class Startup(Service):
+    """Resolves credentials and prefetches secrets at start; answers readiness."""
+
+    log = Logger()
+
+    def __init__(
+        self, cache: SecretCache, credentials: ICredentialSource, prefetch: Sequence[str]
+    ) -> None:
+        self._cache = cache
+        self._credentials = credentials
+        self._prefetch = tuple(prefetch)
+        self.prefetched = not self._prefetch
+        self._credentials_ok = False
+        self._pending: Deferred[Any] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._pending = self.start()
+
+    def start(self) -> Deferred[Any]:
+        """Begin resolving and prefetching; fires when prefetch has finished."""
+        self.check_credentials()
+        if not self._prefetch:
+            return succeed(None)
+        fetches = [
+            self._cache.prefetch(SecretKey(secret_id)).addErrback(
+                self._prefetch_failed, index
+            )
+            for index, secret_id in enumerate(self._prefetch)
+        ]
+        done = DeferredList(fetches, consumeErrors=True)
+        done.addCallback(self._prefetch_done)
+        return done
+
+    def _prefetch_failed(self, failure: Failure, index: int) -> None:
+        error = failure.value
+        code = error.code if isinstance(error, SecretcacheError) else type(error).__name__
+        # The id is logged at debug level only; its position is always safe.
+        self.log.warn("prefetch of id #{index} failed: {code}", index=index + 1, code=code)
+        self.log.debug("prefetch of {secret_id} failed", secret_id=self._prefetch[index])
+
+    def _prefetch_done(self, _: object) -> None:
+        self.prefetched = True
+        self.log.info("prefetch finished: {count} ids", count=len(self._prefetch))
+
+    def check_credentials(self) -> None:
+        def ok(_: object) -> None:
+            self._credentials_ok = True
+
+        def bad(_: Failure) -> None:
+            self._credentials_ok = False
+
+        self._credentials.get().addCallbacks(ok, bad)
+
+    def problem(self) -> str | None:
+        """Why the server is not ready, or None."""
+        if not self._credentials_ok:
+            # Try again in the background; a later probe sees the outcome.
+            self.check_credentials()
+            if not self._credentials_ok:
+                return "AWS credentials are not resolved yet"
+        if not self.prefetched:
+            return "prefetch has not finished"
+        return None
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._pending is not None and not self._pending.called:
+            self._pending.cancel()
+        return None
+
+
+def maintenance(cache: SecretCache, interval: float, clock: IReactorTime) -> TimerService:
+    """Refresh-ahead of entries in use, and dropping of dead entries."""
+
+    def tick() -> None:
+        cache.purge()
+        cache.refresh_in_use()
+
+    service = TimerService(interval, tick)
+    service.clock = clock
+    return service
+
+
+class SecretcacheService(MultiService):
+    """The root service. Under twistd it also hands the application the log
+    observer, so our format holds from twistd's first line on."""
+
+    def __init__(
+        self,
+        log_observer: ILogObserver | None = None,
+        on_stop: Sequence[Callable[[], Deferred[Any] | None]] = (),
+    ) -> None:
+        super().__init__()
+        self._log_observer = log_observer
+        self._on_stop = tuple(on_stop)
+
+    def setServiceParent(self, parent: Any) -> None:
+        if self._log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self._log_observer)
+        super().setServiceParent(parent)
+
+    def stopService(self) -> Deferred[Any]:
+        d: Deferred[Any] = super().stopService()  # type: ignore[assignment]
+
+        def close(_: object) -> Deferred[Any]:
+            return gatherResults(
+                [d for d in (stop() for stop in self._on_stop) if d is not None],
+                consumeErrors=True,
+            )
+
+        return d.addCallback(close)

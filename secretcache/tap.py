@@ -1,0 +1,200 @@
+"""``Options`` for twistd and ``python -m secretcache``, and ``makeService``,
+which wires settings, upstream client, cache, API and listeners together.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet.interfaces import IReactorCore
+from twisted.logger import ILogObserver, Logger
+from twisted.python import usage
+
+from secretcache._version import __version__
+from secretcache.config import (
+    DEFAULT_LISTENERS,
+    OPTIONS,
+    ConfigError,
+    Settings,
+    help_text,
+    load_settings,
+)
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "secretcache: a local HTTP cache for AWS Secrets Manager. Every option "
+        "can also be set by the environment variables shown; the command line "
+        "wins. Durations are seconds (90, 2.5) or Go-style (90s, 5m, 1h30m)."
+    )
+    optFlags = [[spec.name, None, help_text(spec)] for spec in OPTIONS if spec.flag]
+    optParameters = [
+        [spec.name, None, None, help_text(spec)]
+        for spec in OPTIONS
+        if not spec.flag and spec.name != "port"
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["port"] = []
+
+    def opt_port(self, endpoint: str) -> None:
+        self["port"].append(endpoint)
+
+    opt_port.__doc__ = help_text(OPTIONS[0])
+    opt_p = opt_port
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        sys.stdout.write(f"secretcache {__version__}\n")
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        if self["port"] == []:
+            self["port"] = None
+
+
+def settings_or_exit(options: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    """Settings, or one line on stderr and exit status 2."""
+    try:
+        return load_settings(options, environ)
+    except ConfigError as e:
+        fail(str(e))
+        raise  # unreachable: fail exits
+
+
+def fail(message: str) -> None:
+    sys.stderr.write(f"secretcache: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
+
+
+def makeService(options: Mapping[str, Any], reactor: Any = None) -> Any:
+    """The root service for twistd; a bad option ends the process with one line."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    settings = settings_or_exit(options, os.environ)
+    from secretcache.logs import make_observer
+
+    observer = make_observer(settings.log_level, settings.log_format, sys.stdout)
+    try:
+        return build_service(settings, reactor, os.environ, log_observer=observer)
+    except ConfigError as e:
+        fail(str(e))
+
+
+def build_service(
+    settings: Settings,
+    reactor: IReactorCore,
+    environ: Mapping[str, str],
+    *,
+    log_observer: ILogObserver | None = None,
+    session: Any = None,
+) -> Any:
+    """Everything the server is made of, from settings; raises ``ConfigError``."""
+    from botocore.credentials import create_credential_resolver
+    from treq.client import HTTPClient
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.threads import deferToThreadPool
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+    from secretcache.api import SecretcacheAPI
+    from secretcache.aws import (
+        botocore_session,
+        ca_bundle_path,
+        load_trust_root,
+        resolve_upstream,
+    )
+    from secretcache.cache import SecretCache
+    from secretcache.credentials import BotocoreCredentialSource
+    from secretcache.service import SecretcacheService, Startup, listener, maintenance
+    from secretcache.upstream import SecretsManagerClient
+    from secretcache.web import SecretcacheSite
+
+    session = session or botocore_session()
+    upstream = resolve_upstream(settings, session, environ)
+    bundle = ca_bundle_path(environ)
+    policy = (
+        BrowserLikePolicyForHTTPS(load_trust_root(bundle))
+        if bundle
+        else BrowserLikePolicyForHTTPS()
+    )
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 16
+    # Secrets Manager's load balancers close idle connections after about a
+    # minute; dropping ours first avoids sending into a closing socket.
+    pool.cachedConnectionTimeout = 50
+    http = HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+
+    def run_in_thread(f: Any, *args: Any) -> Any:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)  # type: ignore[attr-defined]
+
+    credentials = BotocoreCredentialSource(
+        lambda: create_credential_resolver(session, region_name=upstream.region)
+        .load_credentials(),
+        run_in_thread,
+    )
+    client = SecretsManagerClient(
+        http=http,
+        credentials=credentials,
+        endpoint_url=upstream.endpoint_url,
+        region=upstream.region,
+        clock=reactor,  # type: ignore[arg-type]
+        upstream_timeout=settings.upstream_timeout,
+        max_attempts=settings.max_attempts,
+        request_timeout=settings.request_timeout,
+    )
+    cache = SecretCache(
+        client.get_secret_value,
+        reactor,  # type: ignore[arg-type]
+        ttl=settings.ttl,
+        max_entries=settings.cache_size,
+        stale_if_error=settings.stale_if_error,
+    )
+    startup = Startup(cache, credentials, settings.prefetch)
+    api = SecretcacheAPI(
+        cache,
+        token=settings.token,
+        legacy_errors=settings.legacy_errors,
+        readiness=startup.problem,
+    )
+    site = SecretcacheSite(
+        api.app.resource(),
+        max_connections=settings.max_connections,
+        clock=reactor,  # type: ignore[arg-type]
+        parsePOSTFormSubmission=False,
+    )
+    site.noisy = False
+
+    root = SecretcacheService(log_observer, on_stop=[pool.closeCachedConnections])
+    for description in settings.listen:
+        try:
+            endpoint = serverFromString(reactor, description)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"invalid listener {description!r}: {e}") from None
+        optional = settings.default_listen and description == DEFAULT_LISTENERS[1]
+        listener(endpoint, site, description, optional).setServiceParent(root)
+    startup.setServiceParent(root)
+    interval = max(1.0, min(10.0, settings.ttl / 20))
+    maintenance(cache, interval, reactor).setServiceParent(root)  # type: ignore[arg-type]
+    if settings.no_token:
+        log.warn(
+            "serving secrets without a token (--no-token): any local process "
+            "can read them"
+        )
+    log.info(
+        "secretcache {version}: region {region}, endpoint {endpoint}, ttl {ttl}s",
+        version=__version__,
+        region=upstream.region,
+        endpoint=upstream.endpoint_url,
+        ttl=settings.ttl,
+    )
+    return root

@@ -1,0 +1,261 @@
+"""``SecretsManagerClient``: build, sign and send GetSecretValue; parse the
+answer; retry transient failures within the request's time budget.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
+from twisted.internet.error import TimeoutError as TwistedTimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseFailed
+from twisted.web.iweb import IResponse
+
+from secretcache._version import __version__
+from secretcache.credentials import ICredentialSource
+from secretcache.errors import (
+    SecretcacheError,
+    from_upstream,
+    upstream_failure,
+    upstream_timeout,
+)
+from secretcache.secret import SecretKey, SecretValue, parse_secret_value
+
+USER_AGENT = f"secretcache/{__version__}"
+# A secret is at most 64 KiB; base64 and JSON make its answer larger. Anything
+# far beyond that is not Secrets Manager talking.
+MAX_ANSWER_BYTES = 1024 * 1024
+BACKOFF_BASE = 0.1
+BACKOFF_CAP = 2.0
+
+
+class HTTPClient(Protocol):
+    """The part of ``treq.HTTPClient`` (and ``treq.testing.StubTreq``) we use."""
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[IResponse]: ...
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class UpstreamObserver:
+    """Told of every attempt; metrics subclass it. Does nothing by default."""
+
+    def attempt(self, outcome: str, seconds: float) -> None:
+        pass
+
+
+class SecretsManagerClient:
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        http: HTTPClient,
+        credentials: ICredentialSource,
+        endpoint_url: str,
+        region: str,
+        clock: IReactorTime,
+        upstream_timeout: float = 3.0,
+        max_attempts: int = 3,
+        request_timeout: float = 10.0,
+        jitter: Callable[[], float] = random.random,
+        observer: UpstreamObserver | None = None,
+    ) -> None:
+        self._http = http
+        self._credentials = credentials
+        self._url = endpoint_url if urlsplit(endpoint_url).path else endpoint_url + "/"
+        self._region = region
+        self._clock = clock
+        self._upstream_timeout = upstream_timeout
+        self._max_attempts = max_attempts
+        self._request_timeout = request_timeout
+        self._jitter = jitter
+        self._observer = observer or UpstreamObserver()
+
+    def get_secret_value(self, key: SecretKey) -> Deferred[SecretValue]:
+        """Fetch ``key``; fails with ``SecretcacheError``, 504 when the
+        request timeout passes."""
+        d = ensureDeferred(self._get_with_retries(key))
+        d.addTimeout(self._request_timeout, self._clock)
+        d.addErrback(self._timed_out)
+        return d
+
+    def _timed_out(self, failure: Failure) -> Failure:
+        if failure.check(TwistedTimeoutError):
+            return Failure(
+                upstream_timeout(
+                    "no answer from Secrets Manager within the request timeout "
+                    f"({self._request_timeout:g}s)"
+                )
+            )
+        return failure
+
+    async def _get_with_retries(self, key: SecretKey) -> SecretValue:
+        deadline = self._clock.seconds() + self._request_timeout
+        attempt = 0
+        refreshed_credentials = False
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt(key)
+            except SecretcacheError as error:
+                if error.retry_credentials and not refreshed_credentials:
+                    # Our session token expired under us: resolve the chain
+                    # anew and try once more, whatever the attempt count.
+                    refreshed_credentials = True
+                    self._credentials.invalidate()
+                    attempt -= 1
+                    continue
+                if not error.transient or attempt >= self._max_attempts:
+                    raise
+                delay = self._jitter() * min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt)
+                if self._clock.seconds() + delay >= deadline:
+                    raise
+                self.log.debug(
+                    "retrying after {code} in {delay:.3f}s", code=error.code, delay=delay
+                )
+                await deferLater(self._clock, delay)
+
+    async def _attempt(self, key: SecretKey) -> SecretValue:
+        credentials = await self._credentials.get()
+        started = self._clock.seconds()
+        body = json.dumps(key.request_body()).encode()
+        request = AWSRequest(
+            method="POST",
+            url=self._url,
+            data=body,
+            headers={
+                "Content-Type": "application/x-amz-json-1.1",
+                "X-Amz-Target": "secretsmanager.GetSecretValue",
+                "User-Agent": USER_AGENT,
+            },
+        )
+        SigV4Auth(credentials, "secretsmanager", self._region).add_auth(request)
+        headers = {name: [value] for name, value in request.headers.items()}
+        sent = self._http.request("POST", self._url, data=body, headers=headers)
+        sent.addCallback(_read_answer)
+        sent.addTimeout(self._upstream_timeout, self._clock)
+        try:
+            status, answer = await sent
+        except Exception as e:
+            error = self._transport_error(e)
+            self._observer.attempt(
+                "timeout" if error.status == 504 else "error",
+                self._clock.seconds() - started,
+            )
+            raise error from None
+        elapsed = self._clock.seconds() - started
+        if status == 200:
+            try:
+                value = parse_secret_value(answer, key)
+            except SecretcacheError:
+                self._observer.attempt("unparseable", elapsed)
+                raise
+            self._observer.attempt("ok", elapsed)
+            return value
+        error = _error_answer(status, answer)
+        self._observer.attempt(
+            "throttled" if error.status == 429 else f"{status // 100}xx", elapsed
+        )
+        raise error
+
+    def _transport_error(self, error: Exception) -> SecretcacheError:
+        if isinstance(error, SecretcacheError):
+            return error
+        if isinstance(error, (TwistedTimeoutError, CancelledError)):
+            return upstream_timeout(
+                "Secrets Manager did not answer within the upstream timeout "
+                f"({self._upstream_timeout:g}s)"
+            )
+        if isinstance(error, _TooLarge):
+            return upstream_failure("Secrets Manager's answer is implausibly large")
+        return upstream_failure(f"could not reach Secrets Manager ({_describe(error)})")
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, DNSLookupError):
+        return "DNS lookup failed"
+    if isinstance(error, ConnectingCancelledError):
+        return "connection attempt cancelled"
+    if isinstance(error, ConnectError):
+        return f"connection failed: {type(error).__name__}"
+    if isinstance(error, ResponseFailed):
+        reasons = [r.value for r in error.reasons if isinstance(r, Failure)]
+        for reason in reasons:
+            if type(reason).__module__.startswith("OpenSSL"):
+                return "TLS error, certificate not trusted or handshake failed"
+        names = ", ".join(type(r).__name__ for r in reasons) or "no answer"
+        return f"connection failed: {names}"
+    # Twisted's ResponseNeverReceived and RequestTransmissionFailed also carry
+    # reasons; anything else is named by its type only, never its text.
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        for reason in reasons:
+            if type(getattr(reason, "value", None)).__module__.startswith("OpenSSL"):
+                return "TLS error, certificate not trusted or handshake failed"
+        names = ", ".join(type(getattr(r, "value", r)).__name__ for r in reasons)
+        return f"{type(error).__name__}: {names}"
+    return type(error).__name__
+
+
+def _read_answer(response: IResponse) -> Deferred[tuple[int, bytes]]:
+    length = response.length
+    if isinstance(length, int) and length > MAX_ANSWER_BYTES:
+        response.deliverBody(_Discard())
+        raise _TooLarge()
+    import treq
+
+    chunks: list[bytes] = []
+    size = [0]
+
+    def collect(data: bytes) -> None:
+        size[0] += len(data)
+        if size[0] > MAX_ANSWER_BYTES:
+            raise _TooLarge()
+        chunks.append(data)
+
+    d: Deferred[None] = treq.collect(response, collect)
+    return d.addCallback(lambda _: (response.code, b"".join(chunks)))
+
+
+class _Discard:
+    def makeConnection(self, transport: Any) -> None:
+        transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        pass
+
+
+def _error_answer(status: int, body: bytes) -> SecretcacheError:
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        document = None
+    if isinstance(document, dict):
+        code = document.get("__type") or document.get("code")
+        message = document.get("message") or document.get("Message") or ""
+        if isinstance(code, str) and code:
+            return from_upstream(status, code, message if isinstance(message, str) else "")
+    # An XML or HTML error page: a proxy, a load balancer, or an emulator's
+    # signature check. Not Secrets Manager's JSON, so we cannot say more.
+    error = upstream_failure(
+        f"Secrets Manager answered HTTP {status} with an unparseable body"
+    )
+    error.transient = status >= 500 or status == 429
+    return error

@@ -1,0 +1,109 @@
+"""The HTTP server around the API: a ``Site`` that keeps no access log of its
+own and bounds open connections, answering the one over the limit with 429.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import IResource
+from twisted.web.server import Site
+
+from secretcache.errors import too_many_connections
+
+# How much of a refused connection's request we read to see whether it is a
+# health check: the request line is enough.
+_PEEK_LIMIT = 1024
+# Refused connections waiting for their request line; past this many, new
+# ones are closed at once, so a flood cannot run the process out of files.
+_MAX_REFUSING = 64
+# How long a refused connection may take to send its request line.
+_REFUSAL_TIMEOUT = 2.0
+
+
+class _CountedChannel(HTTPChannel):
+    site: SecretcacheSite
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.site.open_connections -= 1
+        super().connectionLost(reason)
+
+
+class _Refusal(Protocol):
+    """Answers a connection over the limit: ``/ping`` still gets ``healthy``
+    (so an orchestrator does not kill a busy server), anything else 429."""
+
+    def __init__(self, site: SecretcacheSite) -> None:
+        self._site = site
+        self._buffer = b""
+        self._timeout: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self._site.refusing += 1
+        assert self.transport is not None
+        self._timeout = self._site.clock.callLater(
+            _REFUSAL_TIMEOUT, self.transport.abortConnection
+        )
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._site.refusing -= 1
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        if b"\n" not in self._buffer and len(self._buffer) < _PEEK_LIMIT:
+            return
+        line = self._buffer.split(b"\n", 1)[0]
+        if line.startswith((b"GET /ping ", b"HEAD /ping ")):
+            status, body, content_type = b"200 OK", b"healthy", b"text/plain; charset=utf-8"
+        else:
+            error = too_many_connections()
+            status, body, content_type = b"429 Too Many Requests", error.body(), b"application/json"
+        self._site.refused += 1
+        assert self.transport is not None
+        self.transport.write(
+            b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type
+            + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+        )
+        self.transport.loseConnection()
+        self._buffer = b""
+
+
+class SecretcacheSite(Site):
+    """A ``Site`` with a bound on open connections and no Common Log Format
+    file: the access log, when wanted, is written by the API's observer."""
+
+    protocol = _CountedChannel
+
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        max_connections: int,
+        clock: IReactorTime,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(resource, reactor=clock, **kwargs)
+        self.clock = clock
+        self.max_connections = max_connections
+        self.open_connections = 0
+        self.refusing = 0
+        self.refused = 0
+
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:  # type: ignore[override]
+        if self.open_connections >= self.max_connections:
+            if self.refusing >= _MAX_REFUSING:
+                self.refused += 1
+                return None
+            return _Refusal(self)
+        self.open_connections += 1
+        channel = super().buildProtocol(addr)
+        return channel
+
+    def log(self, request: Any) -> None:
+        pass
