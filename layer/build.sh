@@ -94,7 +94,16 @@ deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $DEBIAN_MIRRO
 deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $DEBIAN_SECURITY_MIRROR bookworm-security main
 EOF
     apt-get "${apt_opts[@]}" update -qq
-    (cd "$d/dl.tmp" && apt-get "${apt_opts[@]}" source --download-only -qq "python$PY_SERIES" >/dev/null)
+    if ! (cd "$d/dl.tmp" && apt-get "${apt_opts[@]}" source --download-only -qq "python$PY_SERIES" >/dev/null); then
+        # The security archive's index can run ahead of its pool (seen here:
+        # a 404 on the newest .dsc); the point release in main still has the
+        # security fixes up to it.
+        log "security archive source not fetchable; using bookworm main's"
+        sed -i '/-security/d' "$d/sources.list"
+        rm -rf "$d/lists" "$d/dl.tmp" && mkdir -p "$d/lists/partial" "$d/dl.tmp"
+        apt-get "${apt_opts[@]}" update -qq
+        (cd "$d/dl.tmp" && apt-get "${apt_opts[@]}" source --download-only -qq "python$PY_SERIES" >/dev/null)
+    fi
     mv "$d/dl.tmp" "$d/dl"
 }
 

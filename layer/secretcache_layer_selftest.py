@@ -123,6 +123,7 @@ def main():
                 "python": sys.version.split()[0],
                 "frozen": bool(getattr(sys, "frozen", False)),
                 "reactor": reactor_name,
+                "extension_name": os.environ.get("SECRETCACHE_EXTENSION_NAME"),
                 "botocore": boto_version,
                 "pyopenssl_openssl": openssl,
                 "zope.interface_c": not zope.interface.interface.__file__.endswith(".py")

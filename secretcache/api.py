@@ -203,9 +203,9 @@ class SecretcacheAPI:
             self._check_get(request)
             params = _Query(_query_bytes(request)).strict(_AWS_PARAMETERS)
             key = self._aws_key(params.get("secretId"), params)
+            refresh = _flag(params.get("refreshNow"), "refreshNow")
         except SecretcacheError as error:
             return self._error(request, "secretsmanager/get", error, started)
-        refresh = _flag(params.get("refreshNow"), "refreshNow")
         return self._serve(request, "secretsmanager/get", key, refresh, started)
 
     @app.route("/v1/", branch=True, strict_slashes=False)

@@ -52,7 +52,6 @@ class CacheEntry:
 class _Fetch:
     """One upstream call in flight, and the callers waiting on it."""
 
-    forced: bool
     waiters: list[tuple[Deferred[tuple[SecretValue, Outcome]], Outcome]] = field(
         default_factory=list
     )
@@ -148,13 +147,14 @@ class SecretCache:
                 entry.read = True
                 self._observer.outcome(outcome)
                 return succeed((entry.value, outcome))
-        fetch = self._in_flight.get(key)
-        if fetch is None:
-            fetch = self._start_fetch(key, forced=refresh)
         waiter: Deferred[tuple[SecretValue, Outcome]] = Deferred(
             lambda d: self._drop_waiter(key, d)
         )
-        fetch.waiters.append((waiter, outcome))
+        fetch = self._in_flight.get(key)
+        if fetch is not None:
+            fetch.waiters.append((waiter, outcome))
+        else:
+            self._start_fetch(key, waiter=(waiter, outcome))
         return waiter
 
     def prefetch(self, key: SecretKey) -> Deferred[None]:
@@ -190,15 +190,19 @@ class SecretCache:
 
     def _refresh_ahead(self, key: SecretKey) -> None:
         self._observer.refreshed_ahead()
-        self._start_fetch(key, forced=False)
+        self._start_fetch(key)
 
     def _drop_waiter(self, key: SecretKey, waiter: Deferred[object]) -> None:
         fetch = self._in_flight.get(key)
         if fetch is not None:
             fetch.waiters[:] = [w for w in fetch.waiters if w[0] is not waiter]
 
-    def _start_fetch(self, key: SecretKey, *, forced: bool) -> _Fetch:
-        fetch = _Fetch(forced=forced)
+    def _start_fetch(
+        self,
+        key: SecretKey,
+        waiter: tuple[Deferred[tuple[SecretValue, Outcome]], Outcome] | None = None,
+    ) -> None:
+        fetch = _Fetch(waiters=[waiter] if waiter else [])
         self._in_flight[key] = fetch
         try:
             d = self._fetch(key)
@@ -208,7 +212,6 @@ class SecretCache:
             lambda value: self._fetched(key, fetch, value),
             lambda failure: self._failed(key, fetch, failure),
         )
-        return fetch
 
     def _fetched(self, key: SecretKey, fetch: _Fetch, value: SecretValue) -> None:
         del self._in_flight[key]

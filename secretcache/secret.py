@@ -90,7 +90,11 @@ def _text(document: dict[str, Any], field: str, default: str | None = None) -> s
 
 
 def unparseable(reason: str) -> SecretcacheError:
-    return upstream_failure(f"unparseable answer from Secrets Manager: {reason}")
+    # Not transient: a malformed answer will not mend itself on a retry, and a
+    # stale value must not hide it.
+    error = upstream_failure(f"unparseable answer from Secrets Manager: {reason}")
+    error.transient = False
+    return error
 
 
 def parse_secret_value(body: bytes, key: SecretKey) -> SecretValue:
@@ -131,7 +135,7 @@ def parse_secret_value(body: bytes, key: SecretKey) -> SecretValue:
     ):
         # Never hand a client a secret other than the one it asked for, even if
         # something between us and Secrets Manager mixes answers up.
-        raise upstream_failure("Secrets Manager answered for a different secret")
+        raise unparseable("it is for a different secret than the one asked for")
     return SecretValue(
         arn=arn,
         name=name,

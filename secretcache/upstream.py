@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+import treq
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
-from twisted.internet.error import TimeoutError as TwistedTimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -89,19 +89,23 @@ class SecretsManagerClient:
         """Fetch ``key``; fails with ``SecretcacheError``, 504 when the
         request timeout passes."""
         d = ensureDeferred(self._get_with_retries(key))
-        d.addTimeout(self._request_timeout, self._clock)
-        d.addErrback(self._timed_out)
-        return d
+        timer = self._clock.callLater(self._request_timeout, d.cancel)
 
-    def _timed_out(self, failure: Failure) -> Failure:
-        if failure.check(TwistedTimeoutError):
-            return Failure(
-                upstream_timeout(
-                    "no answer from Secrets Manager within the request timeout "
-                    f"({self._request_timeout:g}s)"
+        def settled(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            elif isinstance(result, Failure):
+                # Whatever the cancelled attempt failed with, the cause is the
+                # request timeout.
+                return Failure(
+                    upstream_timeout(
+                        "no answer from Secrets Manager within the request "
+                        f"timeout ({self._request_timeout:g}s)"
+                    )
                 )
-            )
-        return failure
+            return result
+
+        return d.addBoth(settled)
 
     async def _get_with_retries(self, key: SecretKey) -> SecretValue:
         deadline = self._clock.seconds() + self._request_timeout
@@ -147,16 +151,19 @@ class SecretsManagerClient:
         headers = {name: [value] for name, value in request.headers.items()}
         sent = self._http.request("POST", self._url, data=body, headers=headers)
         sent.addCallback(_read_answer)
-        sent.addTimeout(self._upstream_timeout, self._clock)
+        timer = self._clock.callLater(self._upstream_timeout, sent.cancel)
         try:
             status, answer = await sent
         except Exception as e:
-            error = self._transport_error(e)
+            error = self._transport_error(e, timed_out=not timer.active())
             self._observer.attempt(
                 "timeout" if error.status == 504 else "error",
                 self._clock.seconds() - started,
             )
             raise error from None
+        finally:
+            if timer.active():
+                timer.cancel()
         elapsed = self._clock.seconds() - started
         if status == 200:
             try:
@@ -172,10 +179,10 @@ class SecretsManagerClient:
         )
         raise error
 
-    def _transport_error(self, error: Exception) -> SecretcacheError:
+    def _transport_error(self, error: Exception, timed_out: bool) -> SecretcacheError:
         if isinstance(error, SecretcacheError):
             return error
-        if isinstance(error, (TwistedTimeoutError, CancelledError)):
+        if timed_out:
             return upstream_timeout(
                 "Secrets Manager did not answer within the upstream timeout "
                 f"({self._upstream_timeout:g}s)"
@@ -216,8 +223,6 @@ def _read_answer(response: IResponse) -> Deferred[tuple[int, bytes]]:
     if isinstance(length, int) and length > MAX_ANSWER_BYTES:
         response.deliverBody(_Discard())
         raise _TooLarge()
-    import treq
-
     chunks: list[bytes] = []
     size = [0]
 
