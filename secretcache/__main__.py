@@ -10,10 +10,6 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if os.environ.get("AWS_LAMBDA_RUNTIME_API"):
-        from secretcache.lambda_start import run_extension
-
-        return run_extension(args)
     return run_server(args)
 
 
@@ -24,7 +20,7 @@ def run_server(args: list[str]) -> int:
 
     options = Options()
     try:
-        options.parseOptions(args)
+        options.parseOptions(args)  # type: ignore[no-untyped-call]
     except usage.UsageError as e:
         fail(f"{e} (see --help)")
     settings = settings_or_exit(options, os.environ)
@@ -41,7 +37,7 @@ def run_server(args: list[str]) -> int:
         redirectStandardIO=False,
     )
     try:
-        service = build_service(settings, reactor, os.environ)
+        service = build_service(settings, reactor, os.environ, handle_signals=True)
     except ConfigError as e:
         fail(str(e))
     exit_status = [0]
@@ -53,13 +49,13 @@ def run_server(args: list[str]) -> int:
         except Exception as e:
             sys.stderr.write(f"secretcache: cannot start: {e}\n")
             exit_status[0] = 1
-            reactor.stop()  # type: ignore[attr-defined]
+            reactor.stop()
 
-    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
-    reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: service.stopService() if service.running else None
     )
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     return exit_status[0]
 
 

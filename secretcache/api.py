@@ -8,12 +8,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import Request
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
@@ -45,7 +46,11 @@ class RequestObserver:
     """Told of every answered request; metrics and the access log subclass it."""
 
     def answered(
-        self, route: str, method: bytes, status: int, outcome: Outcome | None,
+        self,
+        route: str,
+        method: bytes,
+        status: int,
+        outcome: Outcome | None,
         seconds: float,
     ) -> None:
         pass
@@ -64,7 +69,9 @@ class _Query:
             if not item:
                 continue
             name, _, value = item.partition(b"=")
-            self.pairs.append((_unescape(name, "parameter name"), _unescape(value, "value")))
+            self.pairs.append(
+                (_unescape(name, "parameter name"), _unescape(value, "value"))
+            )
 
     def first(self, name: str) -> str | None:
         for key, value in self.pairs:
@@ -133,7 +140,7 @@ def _send(
     status: int,
     body: bytes,
     content_type: bytes,
-    headers: Mapping[bytes, bytes] = {},  # noqa: B006 (never mutated)
+    headers: Mapping[bytes, bytes] = {},
 ) -> bytes:
     request.setResponseCode(status)
     response = request.responseHeaders
@@ -187,7 +194,10 @@ class SecretcacheAPI:
                 secret_id or "",
                 _checked(query.first("versionId"), "versionId", MAX_VERSION_ID, False),
                 _checked(
-                    query.first("versionStage"), "versionStage", MAX_VERSION_STAGE, False
+                    query.first("versionStage"),
+                    "versionStage",
+                    MAX_VERSION_STAGE,
+                    False,
                 ),
             )
             refresh = _flag(query.first("refresh"), "refresh")
@@ -231,7 +241,9 @@ class SecretcacheAPI:
             self._check_get(request)
         except SecretcacheError as error:
             return self._error(request, "ping", error, started)
-        self._observer.answered("ping", request.method, 200, None, self._now() - started)
+        self._observer.answered(
+            "ping", request.method, 200, None, self._now() - started
+        )
         return _send(request, 200, b"healthy", TEXT)
 
     @app.route("/ready")
@@ -245,7 +257,9 @@ class SecretcacheAPI:
                 raise SecretcacheError(503, "NotReady", problem)
         except SecretcacheError as error:
             return self._error(request, "ready", error, started)
-        self._observer.answered("ready", request.method, 200, None, self._now() - started)
+        self._observer.answered(
+            "ready", request.method, 200, None, self._now() - started
+        )
         return _send(request, 200, b"ready", TEXT)
 
     @app.route("/metrics")
@@ -259,7 +273,9 @@ class SecretcacheAPI:
         except SecretcacheError as error:
             return self._error(request, "metrics", error, started)
         body, content_type = self._metrics()
-        self._observer.answered("metrics", request.method, 200, None, self._now() - started)
+        self._observer.answered(
+            "metrics", request.method, 200, None, self._now() - started
+        )
         return _send(request, 200, body, content_type)
 
     @app.handle_errors(NotFound, MethodNotAllowed)
@@ -294,7 +310,9 @@ class SecretcacheAPI:
         return SecretKey(
             _checked(secret_id, "secretId", MAX_SECRET_ID, True) or "",
             _checked(params.get("versionId"), "versionId", MAX_VERSION_ID, False),
-            _checked(params.get("versionStage"), "versionStage", MAX_VERSION_STAGE, False),
+            _checked(
+                params.get("versionStage"), "versionStage", MAX_VERSION_STAGE, False
+            ),
         )
 
     # Answers.
@@ -312,16 +330,21 @@ class SecretcacheAPI:
             value = self._cache.lookup(key)
             if value is not None:
                 return self._secret(request, route, value, Outcome.HIT, started, legacy)
-        d = self._cache.get(key, refresh)
-        d.addCallback(
-            lambda result: self._secret(request, route, *result, started, legacy)
-        )
+
+        def found(result: tuple[SecretValue, Outcome]) -> bytes:
+            secret, outcome = result
+            return self._secret(request, route, secret, outcome, started, legacy)
+
         answer_error = self._legacy_error if legacy else self._error
 
         def failed(failure: Failure) -> bytes | Deferred[bytes]:
             failure.trap(SecretcacheError)
-            return answer_error(request, route, failure.value, started)
+            error = cast(SecretcacheError, failure.value)
+            return answer_error(request, route, error, started)
 
+        d = self._cache.get(key, refresh).addCallback(found)
+        # A Deferred returned by the errback is chained, so d still fires
+        # with bytes.
         d.addErrback(failed)
         return d
 
@@ -334,7 +357,9 @@ class SecretcacheAPI:
         started: float,
         legacy: bool,
     ) -> bytes:
-        self._observer.answered(route, request.method, 200, outcome, self._now() - started)
+        self._observer.answered(
+            route, request.method, 200, outcome, self._now() - started
+        )
         headers = {b"cache-control": b"no-store", b"x-secretcache-cache": outcome.value}
         if legacy:
             return _send(request, 200, value.raw_body, value.raw_content_type, headers)
@@ -356,7 +381,7 @@ class SecretcacheAPI:
         # The Go server's clients fall back to Secrets Manager only when the
         # connection fails, so answer nothing and close it.
         self._observer.answered(route, request.method, 0, None, self._now() - started)
-        request.channel.loseConnection()
+        cast(Request, request).channel.loseConnection()
         never: Deferred[bytes] = Deferred()
         return never
 
@@ -367,5 +392,6 @@ def _check_forwarded(request: IRequest) -> None:
 
 
 def _query_bytes(request: IRequest) -> bytes:
-    _, _, query = request.uri.partition(b"?")
+    uri: bytes = request.uri
+    _, _, query = uri.partition(b"?")
     return query

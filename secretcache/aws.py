@@ -67,7 +67,8 @@ def resolve_upstream(
                     endpoint_url = parse_endpoint_url(configured)
                 except ValueError as e:
                     raise ConfigError(
-                        f"invalid configured Secrets Manager endpoint {echo(configured)}: {e}"
+                        "invalid configured Secrets Manager endpoint"
+                        f" {echo(configured)}: {e}"
                     ) from None
         loader = session.get_component("data_loader")
         rules = loader.load_service_model(SERVICE, "endpoint-rule-set-1")

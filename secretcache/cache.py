@@ -223,7 +223,8 @@ class SecretCache:
                 fetched_at=now,
                 expires_at=now + self._ttl,
                 refresh_at=now
-                + self._ttl * (REFRESH_AHEAD_AT + REFRESH_AHEAD_JITTER * self._jitter()),
+                + self._ttl
+                * (REFRESH_AHEAD_AT + REFRESH_AHEAD_JITTER * self._jitter()),
             )
             if len(self._entries) > self._max_entries:
                 evicted = 0
@@ -256,7 +257,9 @@ class SecretCache:
                 del self._entries[key]
         if not fetch.waiters:
             self.log.info(
-                "background refresh failed: {code}", code=error.code, status=error.status
+                "background refresh failed: {code}",
+                code=error.code,
+                status=error.status,
             )
         for waiter, outcome in fetch.waiters:
             if stale_ok and outcome is not Outcome.REFRESH and entry is not None:

@@ -204,8 +204,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
 )
 
-TOKEN_ENV = ("SECRETCACHE_TOKEN", "AWS_TOKEN", "AWS_SESSION_TOKEN",
-             "AWS_CONTAINER_AUTHORIZATION_TOKEN")
+TOKEN_ENV = (
+    "SECRETCACHE_TOKEN",
+    "AWS_TOKEN",
+    "AWS_SESSION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+)
 
 
 def help_text(spec: OptionSpec) -> str:
@@ -432,9 +436,7 @@ def _read_token(name: str, raw: str, read_file: Callable[[str], str]) -> Token:
                 value = value[:-1]
     if not value:
         raise ConfigError(f"{source} is empty; set a token or --no-token")
-    if len(value) > _MAX_TOKEN_LENGTH or not all(
-        0x21 <= ord(c) <= 0x7E for c in value
-    ):
+    if len(value) > _MAX_TOKEN_LENGTH or not all(0x21 <= ord(c) <= 0x7E for c in value):
         # Never echo the value: it is the token.
         raise ConfigError(
             f"the token from {source} must be 1 to {_MAX_TOKEN_LENGTH} visible "
@@ -493,8 +495,11 @@ def load_settings(
     convert("max-connections", parse_int(1, 100_000), "max_connections")
     convert("region", parse_region, "region")
     convert("endpoint-url", parse_endpoint_url, "endpoint_url")
-    convert("log-level", parse_choice("debug", "info", "warn", "error", "critical"),
-            "log_level")
+    convert(
+        "log-level",
+        parse_choice("debug", "info", "warn", "error", "critical"),
+        "log_level",
+    )
     convert("log-format", parse_choice("text", "json"), "log_format")
     for flag in ("no-token", "legacy-errors", "access-log"):
         if options.get(flag):
@@ -541,11 +546,11 @@ def load_settings(
         return settings
     token = None
     for name in TOKEN_ENV:
-        raw = environ.get(name)
-        if raw:
-            token = _read_token(name, raw, read_file)
+        given = environ.get(name)
+        if given:
+            token = _read_token(name, given, read_file)
             break
-        if name == "SECRETCACHE_TOKEN" and raw == "":
+        if name == "SECRETCACHE_TOKEN" and given == "":
             raise ConfigError("SECRETCACHE_TOKEN is empty; set a token or --no-token")
     if token is None:
         raise ConfigError(

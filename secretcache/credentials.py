@@ -33,10 +33,10 @@ class AWSCredentials:
 
 
 class ICredentialSource(Interface):
-    def get() -> Deferred[AWSCredentials]:  # type: ignore[misc]
+    def get() -> Deferred[AWSCredentials]:
         """Credentials good for signing now; fails with ``SecretcacheError``."""
 
-    def invalidate() -> None:  # type: ignore[misc]
+    def invalidate() -> None:
         """Forget what is held: the next ``get`` resolves the chain anew."""
 
 
@@ -60,7 +60,9 @@ class BotocoreCredentialSource:
     log = Logger()
 
     def __init__(
-        self, resolve: Callable[[], _BotocoreCredentials | None], run_in_thread: RunInThread
+        self,
+        resolve: Callable[[], _BotocoreCredentials | None],
+        run_in_thread: RunInThread,
     ) -> None:
         self._resolve = resolve
         self._run_in_thread = run_in_thread

@@ -14,7 +14,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
-DEMO_SECRET = "demo/database"
+DEMO_SECRET = "demo/database"  # noqa: S105 (a name, not a password)
 
 
 def _free_port() -> int:
@@ -53,12 +53,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.pop("AWS_PROFILE", None)
     # Print the token only when the demo made it up; never echo the user's own.
     if os.environ.get("SECRETCACHE_TOKEN"):
-        token = "$SECRETCACHE_TOKEN"
+        token = "$SECRETCACHE_TOKEN"  # noqa: S105 (shown literally)
     else:
         token = os.environ["SECRETCACHE_TOKEN"] = secrets.token_urlsafe(24)
-    boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1").create_secret(
+    boto3.client(
+        "secretsmanager", endpoint_url=endpoint, region_name="us-east-1"
+    ).create_secret(
         Name=DEMO_SECRET,
-        SecretString=json.dumps({"username": "demo", "password": "not-a-real-password"}),
+        SecretString=json.dumps(
+            {"username": "demo", "password": "not-a-real-password"}
+        ),
     )
     args = list(sys.argv[1:] if argv is None else argv)
     port = os.environ.get("SECRETCACHE_DEMO_PORT", "8015")

@@ -108,10 +108,15 @@ def upstream_timeout(message: str) -> SecretcacheError:
     return SecretcacheError(504, "UpstreamTimeout", message, transient=True)
 
 
-def upstream_failure(message: str, *, retry_credentials: bool = False) -> SecretcacheError:
+def upstream_failure(
+    message: str, *, retry_credentials: bool = False
+) -> SecretcacheError:
     """A failure on the way to Secrets Manager: connection, TLS, credentials."""
     return SecretcacheError(
-        502, "UpstreamError", message, transient=True,
+        502,
+        "UpstreamError",
+        message,
+        transient=True,
         retry_credentials=retry_credentials,
     )
 

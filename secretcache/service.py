@@ -4,14 +4,18 @@ maintenance timer, and the root service that owns them and the HTTP pool.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
-from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import (
+    IProtocolFactory,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
@@ -27,9 +31,11 @@ class OptionalListener(StreamServerEndpointService):
     every host or container has IPv6 loopback."""
 
     log = Logger()
+    # Set by ``listener``: the endpoint description, for the log.
+    description: str
 
     def privilegedStartService(self) -> None:
-        super().privilegedStartService()
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
         assert self._waitingForPort is not None
         self._waitingForPort.addErrback(self._unavailable)
 
@@ -43,11 +49,14 @@ class OptionalListener(StreamServerEndpointService):
 
 
 def listener(
-    endpoint: IStreamServerEndpoint, factory: Factory, description: str, optional: bool
+    endpoint: IStreamServerEndpoint,
+    factory: IProtocolFactory,
+    description: str,
+    optional: bool,
 ) -> StreamServerEndpointService:
     service: StreamServerEndpointService
     if optional:
-        service = OptionalListener(endpoint, factory)
+        service = OptionalListener(endpoint, factory)  # type: ignore[no-untyped-call]
     else:
         service = StreamServerEndpointService(endpoint, factory)
         # Fail start-up when an explicitly asked-for listener cannot bind.
@@ -62,7 +71,10 @@ class Startup(Service):
     log = Logger()
 
     def __init__(
-        self, cache: SecretCache, credentials: ICredentialSource, prefetch: Sequence[str]
+        self,
+        cache: SecretCache,
+        credentials: ICredentialSource,
+        prefetch: Sequence[str],
     ) -> None:
         self._cache = cache
         self._credentials = credentials
@@ -72,7 +84,7 @@ class Startup(Service):
         self._pending: Deferred[Any] | None = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._pending = self.start()
 
     def start(self) -> Deferred[Any]:
@@ -92,10 +104,16 @@ class Startup(Service):
 
     def _prefetch_failed(self, failure: Failure, index: int) -> None:
         error = failure.value
-        code = error.code if isinstance(error, SecretcacheError) else type(error).__name__
+        code = (
+            error.code if isinstance(error, SecretcacheError) else type(error).__name__
+        )
         # The id is logged at debug level only; its position is always safe.
-        self.log.warn("prefetch of id #{index} failed: {code}", index=index + 1, code=code)
-        self.log.debug("prefetch of {secret_id} failed", secret_id=self._prefetch[index])
+        self.log.warn(
+            "prefetch of id #{index} failed: {code}", index=index + 1, code=code
+        )
+        self.log.debug(
+            "prefetch of {secret_id} failed", secret_id=self._prefetch[index]
+        )
 
     def _prefetch_done(self, _: object) -> None:
         self.prefetched = True
@@ -122,13 +140,15 @@ class Startup(Service):
         return None
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self._pending is not None and not self._pending.called:
             self._pending.cancel()
         return None
 
 
-def maintenance(cache: SecretCache, interval: float, clock: IReactorTime) -> TimerService:
+def maintenance(
+    cache: SecretCache, interval: float, clock: IReactorTime
+) -> TimerService:
     """Refresh-ahead of entries in use, and dropping of dead entries."""
 
     def tick() -> None:
@@ -144,22 +164,49 @@ class SecretcacheService(MultiService):
     """The root service. Under twistd it also hands the application the log
     observer, so our format holds from twistd's first line on."""
 
+    log = Logger()
+
     def __init__(
         self,
         log_observer: ILogObserver | None = None,
         on_stop: Sequence[Callable[[], Deferred[Any] | None]] = (),
+        stop_reactor: Callable[[], None] | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._clock = clock
         self._log_observer = log_observer
         self._on_stop = tuple(on_stop)
+        self._stop_reactor = stop_reactor
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        if self._stop_reactor is not None and self._clock is not None:
+            # The reactor installs its own handlers once its startup triggers
+            # (which start us) have run; ours must come after them.
+            self._clock.callLater(0, self._install_signal_handlers)
+
+    def _install_signal_handlers(self) -> None:
+        # The reactor's own SIGTERM handler makes the process die by the
+        # signal again after shutdown (exit status 143), which container
+        # runtimes report as a failure; a requested stop is a clean exit.
+        stop = self._stop_reactor
+        assert stop is not None
+
+        def on_signal(signum: int, frame: object) -> None:
+            self.log.info("received signal {signum}, shutting down", signum=signum)
+            stop()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, on_signal)
 
     def setServiceParent(self, parent: Any) -> None:
         if self._log_observer is not None and isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self._log_observer)
-        super().setServiceParent(parent)
+        super().setServiceParent(parent)  # type: ignore[no-untyped-call]
 
     def stopService(self) -> Deferred[Any]:
-        d: Deferred[Any] = super().stopService()  # type: ignore[assignment]
+        d: Deferred[Any] = super().stopService()  # type: ignore[no-untyped-call]
 
         def close(_: object) -> Deferred[Any]:
             return gatherResults(

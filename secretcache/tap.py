@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn, cast
 
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
@@ -41,7 +41,7 @@ class Options(usage.Options):
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self["port"] = []
 
     def opt_port(self, endpoint: str) -> None:
@@ -60,7 +60,9 @@ class Options(usage.Options):
             self["port"] = None
 
 
-def settings_or_exit(options: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+def settings_or_exit(
+    options: Mapping[str, Any], environ: Mapping[str, str]
+) -> Settings:
     """Settings, or one line on stderr and exit status 2."""
     try:
         return load_settings(options, environ)
@@ -69,7 +71,7 @@ def settings_or_exit(options: Mapping[str, Any], environ: Mapping[str, str]) -> 
         raise  # unreachable: fail exits
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     sys.stderr.write(f"secretcache: {message}\n")
     sys.stderr.flush()
     raise SystemExit(2)
@@ -86,7 +88,9 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> Any:
 
     observer = make_observer(settings.log_level, settings.log_format, sys.stdout)
     try:
-        return build_service(settings, reactor, os.environ, log_observer=observer)
+        return build_service(
+            settings, reactor, os.environ, log_observer=observer, handle_signals=True
+        )
     except ConfigError as e:
         fail(str(e))
 
@@ -98,6 +102,7 @@ def build_service(
     *,
     log_observer: ILogObserver | None = None,
     session: Any = None,
+    handle_signals: bool = False,
 ) -> Any:
     """Everything the server is made of, from settings; raises ``ConfigError``."""
     from botocore.credentials import create_credential_resolver
@@ -133,13 +138,17 @@ def build_service(
     # minute; dropping ours first avoids sending into a closing socket.
     pool.cachedConnectionTimeout = 50
     http = HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+    # Every real reactor also provides these; IReactorCore does not say so.
+    clock = cast(IReactorTime, reactor)
+    threads = cast(IReactorThreads, reactor)
 
     def run_in_thread(f: Any, *args: Any) -> Any:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)  # type: ignore[attr-defined]
+        return deferToThreadPool(threads, threads.getThreadPool(), f, *args)
 
     credentials = BotocoreCredentialSource(
-        lambda: create_credential_resolver(session, region_name=upstream.region)
-        .load_credentials(),
+        lambda: create_credential_resolver(
+            session, region_name=upstream.region
+        ).load_credentials(),
         run_in_thread,
     )
     client = SecretsManagerClient(
@@ -147,14 +156,14 @@ def build_service(
         credentials=credentials,
         endpoint_url=upstream.endpoint_url,
         region=upstream.region,
-        clock=reactor,  # type: ignore[arg-type]
+        clock=clock,
         upstream_timeout=settings.upstream_timeout,
         max_attempts=settings.max_attempts,
         request_timeout=settings.request_timeout,
     )
     cache = SecretCache(
         client.get_secret_value,
-        reactor,  # type: ignore[arg-type]
+        clock,
         ttl=settings.ttl,
         max_entries=settings.cache_size,
         stale_if_error=settings.stale_if_error,
@@ -169,12 +178,19 @@ def build_service(
     site = SecretcacheSite(
         api.app.resource(),
         max_connections=settings.max_connections,
-        clock=reactor,  # type: ignore[arg-type]
+        clock=clock,
         parsePOSTFormSubmission=False,
     )
     site.noisy = False
 
-    root = SecretcacheService(log_observer, on_stop=[pool.closeCachedConnections])
+    root = SecretcacheService(
+        log_observer,
+        on_stop=[pool.closeCachedConnections],
+        stop_reactor=(lambda: threads.callFromThread(reactor.stop))
+        if handle_signals
+        else None,
+        clock=clock,
+    )
     for description in settings.listen:
         try:
             endpoint = serverFromString(reactor, description)
@@ -182,9 +198,9 @@ def build_service(
             raise ConfigError(f"invalid listener {description!r}: {e}") from None
         optional = settings.default_listen and description == DEFAULT_LISTENERS[1]
         listener(endpoint, site, description, optional).setServiceParent(root)
-    startup.setServiceParent(root)
+    startup.setServiceParent(root)  # type: ignore[no-untyped-call]
     interval = max(1.0, min(10.0, settings.ttl / 20))
-    maintenance(cache, interval, reactor).setServiceParent(root)  # type: ignore[arg-type]
+    maintenance(cache, interval, clock).setServiceParent(root)
     if settings.no_token:
         log.warn(
             "serving secrets without a token (--no-token): any local process "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,11 @@ from secretcache.errors import upstream_failure
 class FakeCredentialSource:
     """Hands out fixed credentials; ``broken`` makes ``get`` fail."""
 
-    def __init__(self, access_key: str = "AKIDEXAMPLE", secret_key: str = "secret") -> None:
+    def __init__(
+        self,
+        access_key: str = "AKIDEXAMPLE",
+        secret_key: str = "secret",  # noqa: S107 - a test fixture's fake key
+    ) -> None:
         self.credentials = AWSCredentials(access_key, secret_key, "session-token")
         self.broken = False
         self.invalidated = 0
@@ -49,7 +53,9 @@ class StoredSecret:
 
     @property
     def arn(self) -> str:
-        return f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{self.name}-AbCdEf"
+        return (
+            f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{self.name}-AbCdEf"
+        )
 
 
 Fault = Callable[[WebRequest], "bytes | None"]
@@ -67,10 +73,10 @@ class FakeSecretsManager(Resource):
     isLeaf = True
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.secrets: dict[str, StoredSecret] = {}
         self.calls: list[dict[str, Any]] = []
-        self.headers: list[dict[bytes, list[bytes]]] = []
+        self.headers: list[dict[bytes, Sequence[bytes]]] = []
         self.fault: Fault | None = None
         self.hold = False
         self._held: list[tuple[WebRequest, dict[str, Any]]] = []

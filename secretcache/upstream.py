@@ -10,11 +10,15 @@ from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+import treq
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-import treq
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
+from twisted.internet.error import (
+    ConnectError,
+    ConnectingCancelledError,
+    DNSLookupError,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -40,10 +44,19 @@ BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
 
 
-class HTTPClient(Protocol):
-    """The part of ``treq.HTTPClient`` (and ``treq.testing.StubTreq``) we use."""
+RequestHeaders = dict[bytes | str, list[bytes | str]]
 
-    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[IResponse]: ...
+
+class HTTPClient(Protocol):
+    """The part of ``treq.HTTPClient`` (and ``treq.testing.StubTreq``) we use.
+
+    The answer is treq's response, which provides ``IResponse``; treq types it
+    as a private class, and ``Deferred`` is invariant, hence ``Any``.
+    """
+
+    def request(
+        self, method: str, url: str, *, data: bytes, headers: RequestHeaders
+    ) -> Deferred[Any]: ...
 
 
 class _TooLarge(Exception):
@@ -125,11 +138,13 @@ class SecretsManagerClient:
                     continue
                 if not error.transient or attempt >= self._max_attempts:
                     raise
-                delay = self._jitter() * min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt)
+                delay = self._jitter() * min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)
                 if self._clock.seconds() + delay >= deadline:
                     raise
                 self.log.debug(
-                    "retrying after {code} in {delay:.3f}s", code=error.code, delay=delay
+                    "retrying after {code} in {delay:.3f}s",
+                    code=error.code,
+                    delay=delay,
                 )
                 await deferLater(self._clock, delay)
 
@@ -148,9 +163,12 @@ class SecretsManagerClient:
             },
         )
         SigV4Auth(credentials, "secretsmanager", self._region).add_auth(request)
-        headers = {name: [value] for name, value in request.headers.items()}
-        sent = self._http.request("POST", self._url, data=body, headers=headers)
-        sent.addCallback(_read_answer)
+        headers: RequestHeaders = {
+            name: [value] for name, value in request.headers.items()
+        }
+        sent = self._http.request(
+            "POST", self._url, data=body, headers=headers
+        ).addCallback(_read_answer)
         timer = self._clock.callLater(self._upstream_timeout, sent.cancel)
         try:
             status, answer = await sent
@@ -208,12 +226,12 @@ def _describe(error: Exception) -> str:
         return f"connection failed: {names}"
     # Twisted's ResponseNeverReceived and RequestTransmissionFailed also carry
     # reasons; anything else is named by its type only, never its text.
-    reasons = getattr(error, "reasons", None)
-    if reasons:
-        for reason in reasons:
+    carried = getattr(error, "reasons", None)
+    if carried:
+        for reason in carried:
             if type(getattr(reason, "value", None)).__module__.startswith("OpenSSL"):
                 return "TLS error, certificate not trusted or handshake failed"
-        names = ", ".join(type(getattr(r, "value", r)).__name__ for r in reasons)
+        names = ", ".join(type(getattr(r, "value", r)).__name__ for r in carried)
         return f"{type(error).__name__}: {names}"
     return type(error).__name__
 
@@ -256,7 +274,9 @@ def _error_answer(status: int, body: bytes) -> SecretcacheError:
         code = document.get("__type") or document.get("code")
         message = document.get("message") or document.get("Message") or ""
         if isinstance(code, str) and code:
-            return from_upstream(status, code, message if isinstance(message, str) else "")
+            return from_upstream(
+                status, code, message if isinstance(message, str) else ""
+            )
     # An XML or HTML error page: a proxy, a load balancer, or an emulator's
     # signature check. Not Secrets Manager's JSON, so we cannot say more.
     error = upstream_failure(

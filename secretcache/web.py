@@ -4,9 +4,14 @@ own and bounds open connections, answering the one over the limit with 429.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -30,7 +35,7 @@ class _CountedChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.site.open_connections -= 1
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
 
 class _Refusal(Protocol):
@@ -45,8 +50,10 @@ class _Refusal(Protocol):
     def connectionMade(self) -> None:
         self._site.refusing += 1
         assert self.transport is not None
+        # Stream transports (TCP, UNIX, TLS) all have abortConnection.
+        transport = cast(ITCPTransport, self.transport)
         self._timeout = self._site.clock.callLater(
-            _REFUSAL_TIMEOUT, self.transport.abortConnection
+            _REFUSAL_TIMEOUT, transport.abortConnection
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -60,15 +67,27 @@ class _Refusal(Protocol):
             return
         line = self._buffer.split(b"\n", 1)[0]
         if line.startswith((b"GET /ping ", b"HEAD /ping ")):
-            status, body, content_type = b"200 OK", b"healthy", b"text/plain; charset=utf-8"
+            status, body, content_type = (
+                b"200 OK",
+                b"healthy",
+                b"text/plain; charset=utf-8",
+            )
         else:
             error = too_many_connections()
-            status, body, content_type = b"429 Too Many Requests", error.body(), b"application/json"
+            status, body, content_type = (
+                b"429 Too Many Requests",
+                error.body(),
+                b"application/json",
+            )
         self._site.refused += 1
         assert self.transport is not None
         self.transport.write(
-            b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type
-            + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+            b"HTTP/1.1 "
+            + status
+            + b"\r\nContent-Type: "
+            + content_type
+            + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+            + body
         )
         self.transport.loseConnection()
         self._buffer = b""
@@ -78,7 +97,9 @@ class SecretcacheSite(Site):
     """A ``Site`` with a bound on open connections and no Common Log Format
     file: the access log, when wanted, is written by the API's observer."""
 
-    protocol = _CountedChannel
+    # A plain HTTP/1.1 channel, not Twisted's HTTP/1.1-or-2 wrapper that
+    # HTTPFactory's annotation names.
+    protocol = _CountedChannel  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -88,7 +109,7 @@ class SecretcacheSite(Site):
         clock: IReactorTime,
         **kwargs: Any,
     ) -> None:
-        super().__init__(resource, reactor=clock, **kwargs)
+        super().__init__(resource, reactor=clock, **kwargs)  # type: ignore[no-untyped-call]
         self.clock = clock
         self.max_connections = max_connections
         self.open_connections = 0
@@ -102,7 +123,7 @@ class SecretcacheSite(Site):
                 return None
             return _Refusal(self)
         self.open_connections += 1
-        channel = super().buildProtocol(addr)
+        channel: Protocol = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
         return channel
 
     def log(self, request: Any) -> None:

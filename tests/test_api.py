@@ -4,11 +4,13 @@ headers, and the error table, with an in-memory Secrets Manager behind."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Protocol, cast
 
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import IResource
 
 from secretcache.api import SecretcacheAPI
 from secretcache.cache import SecretCache
@@ -26,9 +28,26 @@ AUTH = {"X-Aws-Parameters-Secrets-Token": TOKEN}
 PASSWORD = '{"username":"app","password":"hunter2"}'
 
 
+class StubHTTP(Protocol):
+    """What the tests use of ``StubTreq``, which sets its methods at run time;
+    it serves as the upstream client too."""
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]: ...
+
+    def flush(self) -> None: ...
+
+
+def stub_treq(resource: IResource) -> StubHTTP:
+    return cast(StubHTTP, StubTreq(resource))
+
+
 class Answer:
     def __init__(
-        self, status: int, headers: dict[bytes, list[bytes]], body: bytes, length: object
+        self,
+        status: int,
+        headers: dict[bytes, list[bytes]],
+        body: bytes,
+        length: object,
     ) -> None:
         self.status = status
         # Twisted's HTTP client keeps Content-Length out of the headers and
@@ -55,7 +74,7 @@ class APITestCase(SynchronousTestCase):
         self.upstream.put(StoredSecret("db", string=PASSWORD))
         self.upstream.put(StoredSecret("app/key", string="k"))
         self.upstream.put(StoredSecret("bin", binary=b"\x00\x01\xfe"))
-        self.upstream_stub = StubTreq(self.upstream)
+        self.upstream_stub = stub_treq(self.upstream)
         client = SecretsManagerClient(
             http=self.upstream_stub,
             credentials=FakeCredentialSource(),
@@ -72,7 +91,7 @@ class APITestCase(SynchronousTestCase):
             legacy_errors=self.legacy_errors,
             readiness=lambda: self.problem,
         )
-        self.stub = StubTreq(self.api.app.resource())
+        self.stub = stub_treq(self.api.app.resource())
 
     def request(self, method: str, url: str, **kwargs: Any) -> Answer:
         d = self.stub.request(method, "http://127.0.0.1:8015" + url, **kwargs)
@@ -111,8 +130,10 @@ class AWSDialectTests(APITestCase):
         self.assertEqual(body["Name"], "db")
         self.assertEqual(body["VersionStages"], ["AWSCURRENT"])
         self.assertIsInstance(body["CreatedDate"], float)
-        self.assertEqual(self.get("/secretsmanager/get?secretId=db").header(
-            "x-secretcache-cache"), "hit")
+        self.assertEqual(
+            self.get("/secretsmanager/get?secretId=db").header("x-secretcache-cache"),
+            "hit",
+        )
         self.assertEqual(len(self.upstream.calls), 1)
 
     def test_refresh_now_fetches_again(self) -> None:
@@ -124,8 +145,10 @@ class AWSDialectTests(APITestCase):
 
     def test_version_parameters_reach_upstream(self) -> None:
         version = self.upstream.secrets["db"].version_id
-        self.get(f"/secretsmanager/get?secretId=db&versionId={version}"
-                 "&versionStage=AWSCURRENT")
+        self.get(
+            f"/secretsmanager/get?secretId=db&versionId={version}"
+            "&versionStage=AWSCURRENT"
+        )
         self.assertEqual(
             self.upstream.calls[-1],
             {"SecretId": "db", "VersionId": version, "VersionStage": "AWSCURRENT"},
@@ -139,7 +162,9 @@ class AWSDialectTests(APITestCase):
         self.assertEqual(self.upstream.calls, [{"SecretId": "app/key"}])
 
     def test_v1_refuses_secret_id_parameter(self) -> None:
-        self.assertError(self.get("/v1/db?secretId=db"), 400, "InvalidParameterException")
+        self.assertError(
+            self.get("/v1/db?secretId=db"), 400, "InvalidParameterException"
+        )
 
     def test_binary_secret_is_base64_in_json(self) -> None:
         self.assertEqual(self.get("/v1/bin").json()["SecretBinary"], "AAH+")
@@ -169,7 +194,9 @@ class AWSDialectTests(APITestCase):
 
     def test_other_methods_are_405(self) -> None:
         for method in ("POST", "PUT", "DELETE", "PATCH"):
-            answer = self.request(method, "/secretsmanager/get?secretId=db", headers=AUTH)
+            answer = self.request(
+                method, "/secretsmanager/get?secretId=db", headers=AUTH
+            )
             self.assertError(answer, 405, "MethodNotAllowed")
 
     def test_upstream_errors_follow_the_table(self) -> None:
@@ -189,16 +216,25 @@ class OrderOfChecksTests(APITestCase):
         answer = self.get("/v1/db", headers={"X-Forwarded-For": "1.2.3.4"})
         self.assertError(answer, 400, "InvalidRequestException")
         self.assertError(
-            self.get("/ping", headers={"X-Forwarded-For": "x"}), 400, "InvalidRequestException"
+            self.get("/ping", headers={"X-Forwarded-For": "x"}),
+            400,
+            "InvalidRequestException",
         )
 
     def test_missing_or_wrong_token_is_403_before_the_method(self) -> None:
-        for headers in ({}, {"X-Aws-Parameters-Secrets-Token": "wrong"},
-                        {"X-Aws-Parameters-Secrets-Token": TOKEN + "x"}):
-            answer = self.request("POST", "/secretsmanager/get?secretId=db", headers=headers)
+        for headers in (
+            {},
+            {"X-Aws-Parameters-Secrets-Token": "wrong"},
+            {"X-Aws-Parameters-Secrets-Token": TOKEN + "x"},
+        ):
+            answer = self.request(
+                "POST", "/secretsmanager/get?secretId=db", headers=headers
+            )
             self.assertError(answer, 403, "AccessDeniedException")
             self.assertIn("X-Aws-Parameters-Secrets-Token", answer.json()["message"])
-        self.assertError(self.request("POST", "/cache?name=db"), 403, "AccessDeniedException")
+        self.assertError(
+            self.request("POST", "/cache?name=db"), 403, "AccessDeniedException"
+        )
 
     def test_vault_token_header_is_accepted(self) -> None:
         answer = self.get("/v1/db", headers={"X-Vault-Token": TOKEN})
@@ -243,15 +279,18 @@ class LegacyDialectTests(APITestCase):
         self.request("POST", "/cache?name=db&refresh=0", data=b"[]", headers=AUTH)
         self.clock.advance(30)
         outcomes = [
-            self.request("POST", "/cache?name=db&refresh=1", data=b"[]",
-                         headers=AUTH).header("x-secretcache-cache")
+            self.request(
+                "POST", "/cache?name=db&refresh=1", data=b"[]", headers=AUTH
+            ).header("x-secretcache-cache")
             for _ in range(2)
         ]
         self.assertEqual(outcomes, ["refresh", "refresh"])
         self.assertEqual(len(self.upstream.calls), 2)
 
     def test_any_method_and_unknown_and_repeated_parameters(self) -> None:
-        answer = self.request("PUT", "/cache?name=db&name=other&colour=red", headers=AUTH)
+        answer = self.request(
+            "PUT", "/cache?name=db&name=other&colour=red", headers=AUTH
+        )
         self.assertEqual(answer.status, 200)
         self.assertEqual(self.upstream.calls, [{"SecretId": "db"}])
 
@@ -262,9 +301,12 @@ class LegacyDialectTests(APITestCase):
 
     def test_errors_are_json_by_default(self) -> None:
         self.assertError(self.get("/cache"), 400, "InvalidParameterException")
-        self.assertError(self.get("/cache?name=db&refresh=2"), 400,
-                         "InvalidParameterException")
-        self.assertError(self.get("/cache?name=missing"), 404, "ResourceNotFoundException")
+        self.assertError(
+            self.get("/cache?name=db&refresh=2"), 400, "InvalidParameterException"
+        )
+        self.assertError(
+            self.get("/cache?name=missing"), 404, "ResourceNotFoundException"
+        )
 
 
 class NoTokenTests(APITestCase):

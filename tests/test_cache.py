@@ -7,7 +7,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from secretcache.cache import SecretCache
+from secretcache.cache import Outcome, SecretCache
 from secretcache.errors import SecretcacheError, from_upstream, upstream_failure
 from secretcache.secret import SecretKey, SecretValue
 
@@ -53,13 +53,17 @@ class CacheTests(SynchronousTestCase):
         self.clock = Clock()
         self.fetches = Fetches()
         self.cache = SecretCache(
-            self.fetches, self.clock, ttl=300, max_entries=3, stale_if_error=3600,
+            self.fetches,
+            self.clock,
+            ttl=300,
+            max_entries=3,
+            stale_if_error=3600,
             jitter=lambda: 0.0,
         )
 
-    def text(self, d: Deferred[tuple[SecretValue, object]]) -> tuple[str, bytes]:
+    def text(self, d: Deferred[tuple[SecretValue, Outcome]]) -> tuple[str, bytes]:
         secret, outcome = self.successResultOf(d)
-        return secret.raw_body.decode(), outcome.value  # type: ignore[attr-defined]
+        return secret.raw_body.decode(), outcome.value
 
     def test_first_request_misses_then_hits_without_a_fetch(self) -> None:
         first = self.cache.get(KEY)
@@ -147,7 +151,9 @@ class CacheTests(SynchronousTestCase):
         self.clock.advance(10)
         refresh = self.cache.get(KEY, refresh=True)
         self.fetches.fail(upstream_failure("down"))
-        self.assertEqual(self.failureResultOf(refresh, SecretcacheError).value.status, 502)
+        self.assertEqual(
+            self.failureResultOf(refresh, SecretcacheError).value.status, 502
+        )
         self.assertEqual(self.text(self.cache.get(KEY)), ("s1", b"hit"))
 
     def test_failed_fetches_do_not_open_the_refresh_window(self) -> None:

@@ -26,6 +26,7 @@ from secretcache.testing import (
 )
 from secretcache.upstream import SecretsManagerClient
 
+DB = SecretKey("db")
 ENDPOINT = "https://secretsmanager.us-east-1.amazonaws.com"
 
 
@@ -50,7 +51,7 @@ class ClientTests(SynchronousTestCase):
         settings.update(kwargs)
         return SecretsManagerClient(**settings)
 
-    def fetch(self, key: SecretKey = SecretKey("db")) -> Deferred[SecretValue]:
+    def fetch(self, key: SecretKey = DB) -> Deferred[SecretValue]:
         d = self.client.get_secret_value(key)
         self.stub.flush()
         return d
@@ -71,13 +72,13 @@ class ClientTests(SynchronousTestCase):
         headers = self.upstream.headers[0]
         self.assertEqual(headers[b"X-Amz-Target"], [b"secretsmanager.GetSecretValue"])
         self.assertEqual(headers[b"Content-Type"], [b"application/x-amz-json-1.1"])
-        self.assertEqual(headers[b"User-Agent"], [f"secretcache/{__version__}".encode()])
+        self.assertEqual(
+            headers[b"User-Agent"], [f"secretcache/{__version__}".encode()]
+        )
         self.assertEqual(headers[b"X-Amz-Security-Token"], [b"session-token"])
         authorization = headers[b"Authorization"][0].decode()
         self.assertTrue(
-            authorization.startswith(
-                "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"
-            ),
+            authorization.startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"),
             authorization,
         )
         self.assertIn("/us-east-1/secretsmanager/aws4_request", authorization)
@@ -105,7 +106,9 @@ class ClientTests(SynchronousTestCase):
             "us-east-1",
         )
         signer._modify_request_before_signing(request)
-        expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
+        expected = signer.signature(
+            signer.string_to_sign(request, signer.canonical_request(request)), request
+        )
         self.assertIn(f"Signature={expected}", received[b"Authorization"][0].decode())
 
     def test_binary_secret_is_decoded(self) -> None:
@@ -160,8 +163,12 @@ class ClientTests(SynchronousTestCase):
     def test_answer_for_another_secret_is_refused(self) -> None:
         def wrong(request: Request) -> bytes:
             return json.dumps(
-                {"ARN": "arn:x:secret:other-AbCdEf", "Name": "other", "VersionId": "v",
-                 "SecretString": "not yours"}
+                {
+                    "ARN": "arn:x:secret:other-AbCdEf",
+                    "Name": "other",
+                    "VersionId": "v",
+                    "SecretString": "not yours",
+                }
             ).encode()
 
         self.upstream.fault = wrong
@@ -170,15 +177,21 @@ class ClientTests(SynchronousTestCase):
         self.assertNotIn("not yours", error.message)
 
     def test_malformed_success_answers_are_502(self) -> None:
-        for body in (b"not json", b"[]", b'{"Name": 3}',
-                     b'{"ARN":"a","Name":"db","VersionId":"v"}',
-                     b'{"ARN":"a","Name":"db","VersionId":"v","SecretBinary":"!!"}'):
+        for body in (
+            b"not json",
+            b"[]",
+            b'{"Name": 3}',
+            b'{"ARN":"a","Name":"db","VersionId":"v"}',
+            b'{"ARN":"a","Name":"db","VersionId":"v","SecretBinary":"!!"}',
+        ):
             self.upstream.fault = lambda request, body=body: body
             self.assertEqual(self.error(self.fetch()).status, 502, body)
 
     def test_transient_errors_are_retried_with_backoff(self) -> None:
-        answers = [error_fault(500, "InternalServiceError"),
-                   error_fault(400, "ThrottlingException")]
+        answers = [
+            error_fault(500, "InternalServiceError"),
+            error_fault(400, "ThrottlingException"),
+        ]
 
         def flaky(request: Request) -> bytes | None:
             return answers.pop(0)(request) if answers else None
@@ -245,4 +258,6 @@ class ClientTests(SynchronousTestCase):
         error = self.error(self.fetch())
         for text in (str(error), repr(error), error.body().decode()):
             self.assertNotIn("secret-key", text)
-        self.assertNotIn("secret", repr(self.credentials.credentials).replace("AWSCredentials", ""))
+        self.assertNotIn(
+            "secret", repr(self.credentials.credentials).replace("AWSCredentials", "")
+        )
