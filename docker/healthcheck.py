@@ -31,7 +31,9 @@ def _first_listener() -> str:
     value = os.environ.get("SECRETCACHE_PORT", "").strip()
     if value:
         return value.split(",")[0].strip()
-    return os.environ.get("PARAMETERS_SECRETS_EXTENSION_HTTP_PORT", "").strip() or "8015"
+    return (
+        os.environ.get("PARAMETERS_SECRETS_EXTENSION_HTTP_PORT", "").strip() or "8015"
+    )
 
 
 class _UnixConnection(http.client.HTTPConnection):

@@ -40,7 +40,7 @@ cleanup() {
             log "container logs (last 40 lines):"
             docker logs --tail 40 "$container" 2>&1 | sed 's/^/    /' >&2
         fi
-        docker rm -f "$container" >/dev/null 2>&1
+        docker rm -f "$container" "$container-defaults" >/dev/null 2>&1
     fi
     if [[ -n $moto_pid ]]; then
         kill "$moto_pid" 2>/dev/null && wait "$moto_pid" 2>/dev/null
@@ -332,7 +332,8 @@ check_healthy() {
 }
 check_image_contents() {
     # Nothing for building or for the demo at run time; no build secret kept.
-    docker run --rm --network none --entrypoint /bin/sh "$image" -c '
+    # As root, so that /root is readable too.
+    docker run --rm --network none --user 0 --entrypoint /bin/sh "$image" -c '
         bad=
         for t in gcc cc make pip pip3 /opt/secretcache/bin/pip; do
             command -v "$t" >/dev/null 2>&1 && bad="$bad $t"
@@ -347,6 +348,22 @@ check_image_contents() {
 check_no_cache_write() {
     # Twisted logs this when its plugin cache is stale and it cannot save it.
     ! docker logs "$container" 2>&1 | grep -i 'plugin cache'
+}
+check_defaults() {
+    # The image's own settings (SECRETCACHE_PORT=tcp:8015, all of the
+    # container's interfaces) and its HEALTHCHECK, with no overrides, in a
+    # network namespace of its own that has only loopback.
+    local c=$container-defaults s=
+    docker run -d --name "$c" --network none --health-interval 1s \
+        -e SECRETCACHE_TOKEN=smoke -e AWS_REGION=us-east-1 -e AWS_DEFAULT_REGION=us-east-1 \
+        -e AWS_ACCESS_KEY_ID=smoke -e AWS_SECRET_ACCESS_KEY=smoke "$image" >/dev/null || return 1
+    for _ in $(seq 60); do
+        s=$(docker inspect -f '{{.State.Health.Status}}' "$c")
+        [[ $s == healthy || $s == unhealthy ]] && break
+        sleep 0.5
+    done
+    docker rm -f "$c" >/dev/null
+    [[ $s == healthy ]] || { echo "health: $s"; return 1; }
 }
 check_stop() {
     local t0 t1 rc=0 code
@@ -370,7 +387,11 @@ check "health status becomes healthy" check_healthy
 check "no plugin-cache write at start (read-only root)" check_no_cache_write
 check "image has no build tools, pip, moto or build secrets" check_image_contents
 check "docker stop exits cleanly within 2 s" check_stop
+check "image defaults (tcp:8015) pass the image's HEALTHCHECK" check_defaults
 
+# Earlier builds of the tag are left dangling: drop them (this image's label
+# only, so a shared engine's other images are untouched).
+docker image prune -f --filter label=org.opencontainers.image.title=secretcache >/dev/null || true
 size=$(docker image inspect -f '{{.Size}}' "$image")
 echo "image $image (base $base): $size bytes ($((size / 1024 / 1024)) MiB); build ${build_s} s"
 echo "smoke: $passed passed, $failed failed"

@@ -30,8 +30,9 @@ SLIM_PYTHONS=${SLIM_PYTHONS:-3.12 3.13 3.14}
 FULL_GLIBC_MAX=2.31
 SLIM_GLIBC_MAX=2.34
 DIST=$PROJECT/dist
-BUILD_DEPS=(build-essential libssl-dev zlib1g-dev libffi-dev libbz2-dev liblzma-dev
-    libsqlite3-dev libreadline-dev uuid-dev binutils ca-certificates)
+# Debian's CPython tarball drops the bundled expat: use bullseye's.
+BUILD_DEPS=(build-essential pkg-config libssl-dev zlib1g-dev libffi-dev libbz2-dev liblzma-dev
+    libsqlite3-dev libreadline-dev uuid-dev libexpat1-dev binutils ca-certificates)
 
 trap 'umount_under "$BUILD_ROOT"' EXIT
 
@@ -94,7 +95,7 @@ deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $DEBIAN_MIRRO
 deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $DEBIAN_SECURITY_MIRROR bookworm-security main
 EOF
     apt-get "${apt_opts[@]}" update -qq
-    if ! (cd "$d/dl.tmp" && apt-get "${apt_opts[@]}" source --download-only -qq "python$PY_SERIES" >/dev/null); then
+    if ! (cd "$d/dl.tmp" && apt-get "${apt_opts[@]}" source --download-only -qq "python$PY_SERIES" >/dev/null 2>"$d/first-try.log"); then
         # The security archive's index can run ahead of its pool (seen here:
         # a 404 on the newest .dsc); the point release in main still has the
         # security fixes up to it.
@@ -134,7 +135,7 @@ build_cpython() {
     in_root "$BUILD_ROOT" sh -ec "
         cd /build/cpython
         ./configure -q --prefix=$PY_PREFIX --enable-shared --disable-test-modules \
-            --with-ensurepip=install LDFLAGS=-Wl,-rpath,$PY_PREFIX/lib
+            --with-system-expat --with-ensurepip=install LDFLAGS=-Wl,-rpath,$PY_PREFIX/lib
         make -s -j$(nproc)
         make -s install
     " >"$CACHE/cpython-build.log" 2>&1 || { tail -30 "$CACHE/cpython-build.log" >&2; die "CPython build failed (log: $CACHE/cpython-build.log)"; }

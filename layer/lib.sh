@@ -64,6 +64,17 @@ make_root() {
         log "reusing root $root"
         return 0
     fi
+    if [ -f "$marker" ] && (($#)); then
+        # Same root, another package list: add what is missing.
+        log "updating packages in root $root"
+        mount_proc "$root"
+        in_root "$root" apt-get update -qq
+        in_root "$root" apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+        in_root "$root" apt-get clean
+        umount_under "$root"
+        printf '%s' "$want" >"$marker"
+        return 0
+    fi
     log "debootstrap bullseye minbase -> $root"
     umount_under "$root"
     rm -rf -- "$root"

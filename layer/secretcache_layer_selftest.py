@@ -26,7 +26,9 @@ def _botocore_checks():
     endpoint = EndpointProvider(rules, partitions).resolve_endpoint(
         Region="eu-west-1", UseFIPS=False, UseDualStack=False
     )
-    assert endpoint.url == "https://secretsmanager.eu-west-1.amazonaws.com", endpoint.url
+    assert endpoint.url == "https://secretsmanager.eu-west-1.amazonaws.com", (
+        endpoint.url
+    )
     loader.load_service_model("secretsmanager", "service-2")
 
     # The credential chain must build from the pruned tree (env credentials).
@@ -39,7 +41,9 @@ def _botocore_checks():
         data=b'{"SecretId": "x"}',
         headers={"X-Amz-Target": "secretsmanager.GetSecretValue"},
     )
-    SigV4Auth(Credentials("AKID", "SECRET", "TOKEN"), "secretsmanager", "eu-west-1").add_auth(request)
+    SigV4Auth(
+        Credentials("AKID", "SECRET", "TOKEN"), "secretsmanager", "eu-west-1"
+    ).add_auth(request)
     assert request.headers["Authorization"].startswith("AWS4-HMAC-SHA256 ")
 
     cacert = os.path.join(os.path.dirname(botocore.__file__), "cacert.pem")
@@ -82,10 +86,12 @@ def _http_roundtrip():
     result = {}
 
     def go():
-        d = serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Site(app.resource()))
+        d = serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+            Site(app.resource())
+        )
 
         def fetch(port):
-            url = "http://127.0.0.1:%d/ping" % port.getHost().port
+            url = f"http://127.0.0.1:{port.getHost().port}/ping"
             d2 = treq.get(url, persistent=False).addCallback(treq.content)
             d2.addBoth(lambda r: (port.stopListening(), r)[1])
             return d2
@@ -126,7 +132,9 @@ def main():
                 "extension_name": os.environ.get("SECRETCACHE_EXTENSION_NAME"),
                 "botocore": boto_version,
                 "pyopenssl_openssl": openssl,
-                "zope.interface_c": not zope.interface.interface.__file__.endswith(".py")
+                "zope.interface_c": not zope.interface.interface.__file__.endswith(
+                    ".py"
+                )
                 and "_zope_interface_coptimizations" in sys.modules,
             }
         )
