@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, cast
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -16,7 +17,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import Request
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from secretcache.cache import Outcome, SecretCache
 from secretcache.config import TOKEN_HEADERS, Token
@@ -156,9 +159,12 @@ _NO_STORE = {b"cache-control": b"no-store"}
 
 class SecretcacheAPI:
     """The Klein app. Build it with a cache and the token; serve
-    ``SecretcacheAPI(...).app.resource()``."""
+    ``SecretcacheAPI(...).resource()``."""
 
     app = Klein()
+    # werkzeug would answer "//ping" or "/v1//x" with a redirect to a merged
+    # path; a secret id is taken verbatim from the path, so never rewrite it.
+    app.url_map.merge_slashes = False
     log = Logger()
 
     def __init__(
@@ -179,6 +185,9 @@ class SecretcacheAPI:
         self._metrics = metrics
         self._observer = observer or RequestObserver()
         self._now = clock
+
+    def resource(self) -> IResource:
+        return _Undecodable(self, self.app.resource())
 
     # Routes. Every route takes any method: the method is checked after the
     # token, in the SPEC's order, not by the router.
@@ -278,8 +287,12 @@ class SecretcacheAPI:
         )
         return _send(request, 200, body, content_type)
 
-    @app.handle_errors(NotFound, MethodNotAllowed)
-    def not_found(self, request: IRequest, failure: Failure) -> bytes:
+    @app.handle_errors(NotFound, MethodNotAllowed, RequestRedirect)
+    def not_found(self, request: IRequest, failure: Failure) -> Any:
+        if request.path.startswith(b"/v1/"):
+            # The router's path converter refuses an id that starts with "/"
+            # ("/v1//prod/db"); every path under /v1/ is that route.
+            return self.aws_v1(request)
         return self._error(request, "unknown", not_found_route(), self._now())
 
     @app.handle_errors(Exception)
@@ -384,6 +397,53 @@ class SecretcacheAPI:
         cast(Request, request).channel.loseConnection()
         never: Deferred[bytes] = Deferred()
         return never
+
+
+class _Undecodable(Resource):
+    """Answers, in our JSON, requests that Klein cannot route because their
+    method, Host or path cannot be decoded (it would answer a bare 400 or a
+    500, and log a traceback); hands every other request to Klein."""
+
+    isLeaf = True
+
+    def __init__(self, api: SecretcacheAPI, routed: IResource) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._api = api
+        self._routed = routed
+
+    def render(self, request: IRequest) -> Any:
+        problem = _undecodable(request)
+        if problem is None:
+            return self._routed.render(request)
+        started = self._api._now()
+        return self._api._error(request, "unknown", problem, started)
+
+
+def _undecodable(request: IRequest) -> SecretcacheError | None:
+    method: bytes = request.method
+    if not (method.isascii() and method.isalpha()):
+        return SecretcacheError(
+            405, "MethodNotAllowed", "the method is not a valid HTTP method"
+        )
+    host: bytes = request.getHeader(b"host") or b""
+    path: bytes = request.path
+    try:
+        # What Klein's router (werkzeug) does with it; we ignore the Host.
+        host.decode("utf-8").partition(":")[0].encode("idna")
+    except UnicodeError:
+        return SecretcacheError(
+            400, "InvalidRequestException", "the Host header is not a host name"
+        )
+    try:
+        # Twisted percent-decodes the path's segments before Klein sees them.
+        unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        if path.startswith(b"/v1/"):
+            return invalid_parameter(
+                "the secret id in the path is not UTF-8 once percent-decoded"
+            )
+        return not_found_route()
+    return None
 
 
 def _check_forwarded(request: IRequest) -> None:

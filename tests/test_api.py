@@ -41,6 +41,18 @@ def stub_treq(resource: IResource) -> StubHTTP:
     return cast(StubHTTP, StubTreq(resource))
 
 
+def fake_upstream_client(http: StubHTTP, clock: Clock) -> SecretsManagerClient:
+    """A client of the in-memory Secrets Manager, one attempt per fetch."""
+    return SecretsManagerClient(
+        http=http,
+        credentials=FakeCredentialSource(),
+        endpoint_url="https://secretsmanager.us-east-1.amazonaws.com",
+        region="us-east-1",
+        clock=clock,
+        max_attempts=1,
+    )
+
+
 class Answer:
     def __init__(
         self,
@@ -75,14 +87,7 @@ class APITestCase(SynchronousTestCase):
         self.upstream.put(StoredSecret("app/key", string="k"))
         self.upstream.put(StoredSecret("bin", binary=b"\x00\x01\xfe"))
         self.upstream_stub = stub_treq(self.upstream)
-        client = SecretsManagerClient(
-            http=self.upstream_stub,
-            credentials=FakeCredentialSource(),
-            endpoint_url="https://secretsmanager.us-east-1.amazonaws.com",
-            region="us-east-1",
-            clock=self.clock,
-            max_attempts=1,
-        )
+        client = fake_upstream_client(self.upstream_stub, self.clock)
         self.cache = SecretCache(client.get_secret_value, self.clock, ttl=300)
         self.problem: str | None = None
         self.api = SecretcacheAPI(
@@ -91,7 +96,7 @@ class APITestCase(SynchronousTestCase):
             legacy_errors=self.legacy_errors,
             readiness=lambda: self.problem,
         )
-        self.stub = stub_treq(self.api.app.resource())
+        self.stub = stub_treq(self.api.resource())
 
     def request(self, method: str, url: str, **kwargs: Any) -> Answer:
         d = self.stub.request(method, "http://127.0.0.1:8015" + url, **kwargs)
