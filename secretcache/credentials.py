@@ -67,27 +67,36 @@ class BotocoreCredentialSource:
         self._resolve = resolve
         self._run_in_thread = run_in_thread
         self._credentials: _BotocoreCredentials | None = None
+        self._frozen: AWSCredentials | None = None
         self._pending: list[Deferred[AWSCredentials]] | None = None
         self.resolved = False
 
     def get(self) -> Deferred[AWSCredentials]:
-        held = self._credentials
-        if held is not None and not _needs_refresh(held):
-            # Inline: botocore hands out held, unexpired credentials without I/O.
-            try:
-                return succeed(_freeze(held.get_frozen_credentials()))
-            except Exception as e:
-                return _failed(e)
+        held, frozen = self._credentials, self._frozen
+        if held is not None and frozen is not None:
+            if not _needs_refresh(held):
+                return succeed(frozen)
+            if not _needs_refresh(held, _mandatory_window(held)):
+                # Inside botocore's advisory window the held keys are still
+                # good for minutes: sign with them and refresh in the
+                # background, so no request waits for the credentials endpoint.
+                if self._pending is None:
+                    self._start_resolution([])
+                return succeed(frozen)
         waiter: Deferred[AWSCredentials] = Deferred()
         if self._pending is not None:
             self._pending.append(waiter)
             return waiter
-        self._pending = [waiter]
-        self._run_in_thread(self._resolve_blocking).addBoth(self._resolved)
+        self._start_resolution([waiter])
         return waiter
+
+    def _start_resolution(self, waiters: list[Deferred[AWSCredentials]]) -> None:
+        self._pending = waiters
+        self._run_in_thread(self._resolve_blocking).addBoth(self._resolved)
 
     def invalidate(self) -> None:
         self._credentials = None
+        self._frozen = None
 
     def _resolve_blocking(self) -> tuple[_BotocoreCredentials, AWSCredentials]:
         held = self._credentials
@@ -101,13 +110,14 @@ class BotocoreCredentialSource:
         waiters, self._pending = self._pending or [], None
         if isinstance(result, tuple):
             self._credentials, frozen = result
+            self._frozen = frozen
             self.resolved = True
             for waiter in waiters:
                 waiter.callback(frozen)
             return
         error = result.value
         self.resolved = False
-        self._credentials = None
+        self._credentials = self._frozen = None
         self.log.warn(
             "could not resolve AWS credentials: {error}", error=_describe(error)
         )
@@ -119,9 +129,18 @@ class _NoCredentials(Exception):
     pass
 
 
-def _needs_refresh(credentials: _BotocoreCredentials) -> bool:
+def _needs_refresh(
+    credentials: _BotocoreCredentials, within: float | None = None
+) -> bool:
+    """Whether botocore would refresh these credentials now: by default inside
+    its advisory window (15 minutes before expiry), or inside ``within``."""
     refresh_needed = getattr(credentials, "refresh_needed", None)
-    return bool(refresh_needed is not None and refresh_needed())
+    return bool(refresh_needed is not None and refresh_needed(within))
+
+
+def _mandatory_window(credentials: _BotocoreCredentials) -> float:
+    # botocore's RefreshableCredentials: past this, held keys are not used.
+    return float(getattr(credentials, "_mandatory_refresh_timeout", 600))
 
 
 def _freeze(frozen: Any) -> AWSCredentials:
@@ -144,9 +163,3 @@ def _credential_error(error: BaseException) -> SecretcacheError:
         f"could not resolve AWS credentials ({_describe(error)})",
         retry_credentials=False,
     )
-
-
-def _failed(error: Exception) -> Deferred[AWSCredentials]:
-    d: Deferred[AWSCredentials] = Deferred()
-    d.errback(_credential_error(error))
-    return d

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import (
     IProtocolFactory,
     IReactorTime,
@@ -208,10 +208,13 @@ class SecretcacheService(MultiService):
     def stopService(self) -> Deferred[Any]:
         d: Deferred[Any] = super().stopService()  # type: ignore[no-untyped-call]
 
-        def close(_: object) -> Deferred[Any]:
-            return gatherResults(
-                [d for d in (stop() for stop in self._on_stop) if d is not None],
-                consumeErrors=True,
-            )
+        # One after the other: connections drain before the pool closes.
+        def run(_: object, stop: Callable[[], Deferred[Any] | None]) -> Any:
+            return stop()
 
-        return d.addCallback(close)
+        def failed(failure: Failure) -> None:
+            self.log.failure("while stopping", failure)
+
+        for stop in self._on_stop:
+            d.addCallback(run, stop).addErrback(failed)
+        return d

@@ -122,7 +122,7 @@ def build_service(
     from secretcache.credentials import BotocoreCredentialSource
     from secretcache.service import SecretcacheService, Startup, listener, maintenance
     from secretcache.upstream import SecretsManagerClient
-    from secretcache.web import SecretcacheSite
+    from secretcache.web import SHUTDOWN_GRACE, SecretcacheSite
 
     session = session or botocore_session()
     upstream = resolve_upstream(settings, session, environ)
@@ -176,7 +176,7 @@ def build_service(
         readiness=startup.problem,
     )
     site = SecretcacheSite(
-        api.app.resource(),
+        api.resource(),
         max_connections=settings.max_connections,
         clock=clock,
         parsePOSTFormSubmission=False,
@@ -185,7 +185,7 @@ def build_service(
 
     root = SecretcacheService(
         log_observer,
-        on_stop=[pool.closeCachedConnections],
+        on_stop=[lambda: site.drain(SHUTDOWN_GRACE), pool.closeCachedConnections],
         stop_reactor=(lambda: threads.callFromThread(reactor.stop))
         if handle_signals
         else None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -28,6 +29,9 @@ _PEEK_LIMIT = 1024
 _MAX_REFUSING = 64
 # How long a refused connection may take to send its request line.
 _REFUSAL_TIMEOUT = 2.0
+# At shutdown, how long requests in flight may take to finish: inside the 2 s
+# that ``docker stop`` and Lambda's SHUTDOWN leave before SIGKILL.
+SHUTDOWN_GRACE = 1.0
 
 
 class _CountedChannel(HTTPChannel):
@@ -35,7 +39,14 @@ class _CountedChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.site.open_connections -= 1
+        self.site.channel_closed(self)
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
+
+    def requestDone(self, request: Any) -> None:
+        super().requestDone(request)  # type: ignore[no-untyped-call]
+        if self.site.draining and not self.requests and self.transport is not None:
+            # Shutting down: the answer is out, keep-alive ends here.
+            self.transport.loseConnection()
 
 
 class _Refusal(Protocol):
@@ -115,6 +126,42 @@ class SecretcacheSite(Site):
         self.open_connections = 0
         self.refusing = 0
         self.refused = 0
+        self.draining = False
+        self._channels: set[_CountedChannel] = set()
+        self._drained: Deferred[None] | None = None
+
+    def drain(self, grace: float) -> Deferred[None]:
+        """Close idle connections now, let requests in flight finish for up to
+        ``grace`` seconds, then abort what is left. Call once the listeners
+        have stopped; fires when every connection is closed."""
+        self.draining = True
+        for channel in list(self._channels):
+            if not channel.requests and channel.transport is not None:
+                channel.transport.loseConnection()
+        if not self._channels:
+            return succeed(None)
+        self._drained = Deferred()
+
+        def abort_the_rest() -> None:
+            for channel in list(self._channels):
+                if channel.transport is not None:
+                    cast(ITCPTransport, channel.transport).abortConnection()
+
+        timer = self.clock.callLater(grace, abort_the_rest)
+        drained = self._drained
+
+        def cancel_timer(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return drained.addBoth(cancel_timer)
+
+    def channel_closed(self, channel: _CountedChannel) -> None:
+        self._channels.discard(channel)
+        if not self._channels and self._drained is not None:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
 
     def buildProtocol(self, addr: IAddress) -> Protocol | None:  # type: ignore[override]
         if self.open_connections >= self.max_connections:
@@ -123,7 +170,8 @@ class SecretcacheSite(Site):
                 return None
             return _Refusal(self)
         self.open_connections += 1
-        channel: Protocol = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
+        channel: _CountedChannel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
+        self._channels.add(channel)
         return channel
 
     def log(self, request: Any) -> None:

@@ -215,6 +215,13 @@ class Secretcache:
         os.unlink(self.log.name)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Faults close sockets under the handler, and secretcache hangs up on
+        # calls it has given up on: both are expected here.
+        pass
+
+
 class CountingProxy:
     """An HTTP proxy in front of moto that counts GetSecretValue calls by
     SecretId, and can answer in moto's place (``fault``) to inject failures."""
@@ -273,7 +280,7 @@ class CountingProxy:
                 self.wfile.write(answer)
                 connection.close()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
