@@ -24,8 +24,9 @@ from secretcache.errors import too_many_connections
 # How much of a refused connection's request we read to see whether it is a
 # health check: the request line is enough.
 _PEEK_LIMIT = 1024
-# Refused connections waiting for their request line; past this many, new
-# ones are closed at once, so a flood cannot run the process out of files.
+# Refused connections waiting for their request line; past this many, the
+# oldest is dropped for the newest, so a flood of idle connections cannot run
+# the process out of files nor keep a health check from getting through.
 _MAX_REFUSING = 64
 # How long a refused connection may take to send its request line.
 _REFUSAL_TIMEOUT = 2.0
@@ -56,10 +57,11 @@ class _Refusal(Protocol):
     def __init__(self, site: SecretcacheSite) -> None:
         self._site = site
         self._buffer = b""
+        self._answered = False
         self._timeout: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
-        self._site.refusing += 1
+        self._site.refusing[self] = None
         assert self.transport is not None
         # Stream transports (TCP, UNIX, TLS) all have abortConnection.
         transport = cast(ITCPTransport, self.transport)
@@ -68,11 +70,18 @@ class _Refusal(Protocol):
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._site.refusing -= 1
+        self._site.refusing.pop(self, None)
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
 
+    def abort(self) -> None:
+        self._site.refused += 1
+        if self.transport is not None:
+            cast(ITCPTransport, self.transport).abortConnection()
+
     def dataReceived(self, data: bytes) -> None:
+        if self._answered:
+            return
         self._buffer += data
         if b"\n" not in self._buffer and len(self._buffer) < _PEEK_LIMIT:
             return
@@ -101,6 +110,7 @@ class _Refusal(Protocol):
             + body
         )
         self.transport.loseConnection()
+        self._answered = True
         self._buffer = b""
 
 
@@ -124,7 +134,8 @@ class SecretcacheSite(Site):
         self.clock = clock
         self.max_connections = max_connections
         self.open_connections = 0
-        self.refusing = 0
+        # Insertion-ordered: the oldest refusal first.
+        self.refusing: dict[_Refusal, None] = {}
         self.refused = 0
         self.draining = False
         self._channels: set[_CountedChannel] = set()
@@ -165,9 +176,10 @@ class SecretcacheSite(Site):
 
     def buildProtocol(self, addr: IAddress) -> Protocol | None:  # type: ignore[override]
         if self.open_connections >= self.max_connections:
-            if self.refusing >= _MAX_REFUSING:
-                self.refused += 1
-                return None
+            if len(self.refusing) >= _MAX_REFUSING:
+                oldest = next(iter(self.refusing))
+                del self.refusing[oldest]
+                oldest.abort()
             return _Refusal(self)
         self.open_connections += 1
         channel: _CountedChannel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]

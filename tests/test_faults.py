@@ -5,7 +5,9 @@ black-holes requests, switched while the test runs."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -209,3 +211,83 @@ class ShutdownTests(FaultTestCase):
         self.assertEqual(self.value(answer), {"password": "in-time"})
         self.assertEqual(status, 0, server.output())
         self.assertLess(elapsed, 2.0)
+
+
+class SteadyClientTests(FaultTestCase):
+    def test_a_steady_client_never_waits_after_its_first_call(self) -> None:
+        # Refresh-ahead starts at 75-90 % of the TTL: 3-3.6 s here, ahead of
+        # expiry by more than the 0.3 s the slowed upstream takes.
+        server = self.start_cache("--ttl", "4")
+        name = self.secret("steady", {"password": "x"})
+        self.value(self.get(server, name))
+        self.set_fault(faults.latency(0.3))
+        outcomes = []
+        slowest = 0.0
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            answer, seconds = timed(lambda: self.get(server, name))
+            outcomes.append(answer.headers["x-secretcache-cache"])
+            slowest = max(slowest, seconds)
+            time.sleep(0.1)
+        self.assertEqual(set(outcomes), {"hit"})
+        # Slower than 0.3 s would mean a read waited for the slowed upstream.
+        self.assertLess(slowest, 0.25)
+        # Eight seconds at a TTL of 4 s: refreshed ahead at least twice.
+        self.assertGreaterEqual(self.proxy.calls[name], 3)
+
+
+class PrefetchTests(FaultTestCase):
+    def test_ready_only_after_prefetch_and_prefetched_keys_are_hits(self) -> None:
+        names = [self.secret(f"p{i}", {"password": str(i)}) for i in range(3)]
+        missing = "PrefetchTests/does-not-exist"
+        self.set_fault(faults.latency(0.8))
+        started = time.monotonic()
+        server = self.start_cache("--prefetch", ",".join([*names, missing]))
+        statuses = []
+        while time.monotonic() - started < 10:
+            status = server.request("GET", "/ready").status
+            statuses.append(status)
+            if status == 200:
+                break
+            time.sleep(0.05)
+        self.assertEqual(statuses[0], 503)
+        self.assertEqual(statuses[-1], 200)
+        # Concurrent: four fetches slowed by 0.8 s each end well before 3.2 s.
+        self.assertLess(time.monotonic() - started, 3.0)
+        self.set_fault(None)
+        for i, name in enumerate(names):
+            answer = self.get(server, name)
+            self.assertEqual(answer.headers["x-secretcache-cache"], "hit")
+            self.assertEqual(self.value(answer), {"password": str(i)})
+        self.assertIn("prefetch", server.output())
+        self.assertEqual(server.process.poll(), None)
+
+
+class ConnectionFloodTests(FaultTestCase):
+    def test_over_the_limit_is_429_while_ping_answers_and_fds_stay_bounded(
+        self,
+    ) -> None:
+        server = self.start_cache("--max-connections", "20")
+        name = self.secret("flood", {"password": "x"})
+        self.value(self.get(server, name))
+        fd_dir = f"/proc/{server.process.pid}/fd"
+        before = len(os.listdir(fd_dir))
+        held = []
+        try:
+            for _ in range(300):
+                s = socket.create_connection(("127.0.0.1", server.port))
+                held.append(s)
+            time.sleep(0.3)
+            during = len(os.listdir(fd_dir))
+            self.assertEqual(server.request("GET", "/ping").body, b"healthy")
+            answer = self.get(server, name)
+            self.assertEqual(answer.status, 429)
+            self.assertEqual(answer.json()["__type"], "TooManyConnections")
+        finally:
+            for s in held:
+                s.close()
+        # 20 served + at most 64 waiting refusals, whatever the flood's size.
+        self.assertLess(during - before, 20 + 64 + 10)
+        time.sleep(0.3)
+        self.assertEqual(self.value(self.get(server, name)), {"password": "x"})
+        self.assertLessEqual(len(os.listdir(fd_dir)), before + 2)

@@ -1,0 +1,144 @@
+"""The HTTP server around the API, on a fake clock and in-memory transports:
+the connection limit and its refusals, and draining at shutdown."""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from secretcache.web import SecretcacheSite
+
+
+class Slow(Resource):
+    """Answers when the test says so."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[Request] = []
+
+    def render_GET(self, request: Request) -> object:
+        if request.path == b"/fast":
+            return b"fast"
+        self.waiting.append(request)
+        return NOT_DONE_YET
+
+
+class Connection:
+    def __init__(self, site: SecretcacheSite) -> None:
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        assert protocol is not None
+        self.protocol: Protocol = protocol
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+
+    def send(self, path: bytes) -> None:
+        self.protocol.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.transport.disconnecting or self.transport.disconnected)
+
+    def lose(self) -> None:
+        self.protocol.connectionLost(Failure(ConnectionError("gone")))
+
+
+class ConnectionLimitTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.resource = Slow()
+        self.site = SecretcacheSite(self.resource, max_connections=2, clock=self.clock)
+        self.served = [Connection(self.site) for _ in range(2)]
+
+    def test_connection_over_the_limit_gets_429_and_is_closed(self) -> None:
+        extra = Connection(self.site)
+        extra.send(b"/secretsmanager/get?secretId=x")
+        answer = extra.transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 429 "), answer)
+        self.assertIn(b'"__type": "TooManyConnections"', answer)
+        self.assertTrue(extra.closed)
+
+    def test_ping_over_the_limit_is_still_healthy(self) -> None:
+        extra = Connection(self.site)
+        extra.send(b"/ping")
+        answer = extra.transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+        self.assertTrue(answer.endswith(b"\r\n\r\nhealthy"))
+
+    def test_a_freed_slot_serves_again(self) -> None:
+        self.served[0].lose()
+        again = Connection(self.site)
+        again.send(b"/fast")
+        self.assertIn(b"fast", again.transport.value())
+
+    def test_idle_refusals_are_bounded_oldest_dropped_first(self) -> None:
+        flood = [Connection(self.site) for _ in range(64)]
+        self.assertFalse(any(c.closed for c in flood))
+        newest = Connection(self.site)
+        self.assertTrue(flood[0].closed)
+        self.assertFalse(any(c.closed for c in flood[1:]))
+        newest.send(b"/ping")
+        self.assertTrue(newest.transport.value().endswith(b"healthy"))
+
+    def test_silent_refusal_is_dropped_after_two_seconds(self) -> None:
+        silent = Connection(self.site)
+        self.clock.advance(1.9)
+        self.assertFalse(silent.closed)
+        self.clock.advance(0.2)
+        self.assertTrue(silent.closed)
+
+
+class DrainTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.resource = Slow()
+        self.site = SecretcacheSite(self.resource, max_connections=10, clock=self.clock)
+
+    def drained(self, grace: float) -> Deferred[None]:
+        return self.site.drain(grace)
+
+    def test_with_no_connections_drain_is_immediate(self) -> None:
+        self.successResultOf(self.drained(1.0))
+
+    def test_idle_connections_close_at_once(self) -> None:
+        idle = Connection(self.site)
+        idle.send(b"/fast")
+        d = self.drained(1.0)
+        self.assertTrue(idle.closed)
+        idle.lose()
+        self.successResultOf(d)
+
+    def test_request_in_flight_finishes_then_its_connection_closes(self) -> None:
+        busy = Connection(self.site)
+        busy.send(b"/slow")
+        d = self.drained(1.0)
+        self.assertFalse(busy.closed)
+        self.assertNoResult(d)
+        self.clock.advance(0.5)
+        request = self.resource.waiting.pop()
+        request.write(b"done")
+        request.finish()
+        self.assertIn(b"done", busy.transport.value())
+        self.assertTrue(busy.closed)
+        busy.lose()
+        self.successResultOf(d)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_request_past_the_grace_is_aborted(self) -> None:
+        stuck = Connection(self.site)
+        stuck.send(b"/slow")
+        d = self.drained(1.0)
+        self.clock.advance(0.99)
+        self.assertFalse(stuck.closed)
+        self.clock.advance(0.02)
+        self.assertTrue(stuck.closed)
+        stuck.lose()
+        self.successResultOf(d)
