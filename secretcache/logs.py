@@ -76,7 +76,17 @@ def make_observer(level: str, fmt: str, stream: IO[str]) -> ILogObserver:
     else:
         inner = textFileLogObserver(stream)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
+    # The connection pool's factories announce every upstream connection at
+    # info level; that is noise, not an event an operator acts on.
+    predicate.setLogLevelForNamespace(
+        "twisted.web.client._HTTP11ClientFactory",
+        max(LEVELS[level], LogLevel.warn, key=_rank),
+    )
     return FilteringLogObserver(inner, [predicate])
+
+
+def _rank(level: LogLevel) -> int:
+    return list(LEVELS.values()).index(level)
 
 
 __all__ = ["eventAsText", "make_observer"]

@@ -120,6 +120,7 @@ def build_service(
     )
     from secretcache.cache import SecretCache
     from secretcache.credentials import BotocoreCredentialSource
+    from secretcache.metrics import AccessLog, Metrics, RequestObservers
     from secretcache.service import SecretcacheService, Startup, listener, maintenance
     from secretcache.upstream import SecretsManagerClient
     from secretcache.web import SHUTDOWN_GRACE, SecretcacheSite
@@ -151,8 +152,10 @@ def build_service(
         ).load_credentials(),
         run_in_thread,
     )
+    metrics = Metrics()
     client = SecretsManagerClient(
         http=http,
+        observer=metrics,
         credentials=credentials,
         endpoint_url=upstream.endpoint_url,
         region=upstream.region,
@@ -167,6 +170,7 @@ def build_service(
         ttl=settings.ttl,
         max_entries=settings.cache_size,
         stale_if_error=settings.stale_if_error,
+        observer=metrics,
     )
     startup = Startup(cache, credentials, settings.prefetch)
     api = SecretcacheAPI(
@@ -174,6 +178,10 @@ def build_service(
         token=settings.token,
         legacy_errors=settings.legacy_errors,
         readiness=startup.problem,
+        metrics=metrics.render,
+        observer=RequestObservers([metrics, AccessLog()])
+        if settings.access_log
+        else metrics,
     )
     site = SecretcacheSite(
         api.resource(),
@@ -182,6 +190,11 @@ def build_service(
         parsePOSTFormSubmission=False,
     )
     site.noisy = False
+    metrics.watch(
+        entries=lambda: len(cache),
+        connections=lambda: site.open_connections,
+        refused=lambda: site.refused,
+    )
 
     root = SecretcacheService(
         log_observer,
