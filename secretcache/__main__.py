@@ -10,6 +10,11 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("AWS_LAMBDA_RUNTIME_API"):
+        # Lambda: only the standard library until registered (lambda_start).
+        from secretcache.lambda_start import run_extension
+
+        return run_extension(args)
     return run_server(args)
 
 

@@ -5,6 +5,7 @@ maintenance timer, and the root service that owns them and the HTTP pool.
 from __future__ import annotations
 
 import signal
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,10 +13,13 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import (
+    IListeningPort,
     IProtocolFactory,
+    IReactorSocket,
     IReactorTime,
     IStreamServerEndpoint,
 )
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
@@ -65,6 +69,37 @@ def listener(
     return service
 
 
+class AdoptedListener(Service):
+    """Serves ``factory`` on a socket that is already listening (bound by the
+    Lambda start path before Twisted was imported)."""
+
+    def __init__(
+        self, reactor: IReactorSocket, sock: socket.socket, factory: ServerFactory[Any]
+    ) -> None:
+        self._reactor = reactor
+        self._socket: socket.socket | None = sock
+        self._factory = factory
+        self._port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        sock, self._socket = self._socket, None
+        if sock is not None:
+            self._port = self._reactor.adoptStreamPort(
+                sock.fileno(), sock.family, self._factory
+            )
+            # The reactor holds its own duplicate of the descriptor.
+            sock.close()
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        port, self._port = self._port, None
+        if port is None:
+            return None
+        stopped: Deferred[None] | None = port.stopListening()
+        return stopped
+
+
 class Startup(Service):
     """Resolves credentials and prefetches secrets at start; answers readiness."""
 
@@ -82,6 +117,7 @@ class Startup(Service):
         self.prefetched = not self._prefetch
         self._credentials_ok = False
         self._pending: Deferred[Any] | None = None
+        self._prefetch_waiters: list[Deferred[None]] = []
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -118,6 +154,17 @@ class Startup(Service):
     def _prefetch_done(self, _: object) -> None:
         self.prefetched = True
         self.log.info("prefetch finished: {count} ids", count=len(self._prefetch))
+        waiters, self._prefetch_waiters = self._prefetch_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def when_prefetched(self) -> Deferred[None]:
+        """Fires once prefetch has finished (at once if there is none)."""
+        if self.prefetched:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._prefetch_waiters.append(waiter)
+        return waiter
 
     def check_credentials(self) -> None:
         def ok(_: object) -> None:
@@ -175,6 +222,13 @@ class SecretcacheService(MultiService):
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._clock = clock
+        # How long requests in flight may take to finish at stop; the Lambda
+        # extension lowers it to fit SHUTDOWN's deadline.
+        self.shutdown_grace = 1.0
+        # Set by the builder for the Lambda extension, which drives them.
+        self.cache: SecretCache | None = None
+        self.startup: Startup | None = None
+        self.close_idle_upstream: Callable[[], object] = lambda: None
         self._log_observer = log_observer
         self._on_stop = tuple(on_stop)
         self._stop_reactor = stop_reactor

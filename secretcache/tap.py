@@ -5,11 +5,17 @@ which wires settings, upstream client, cache, API and listeners together.
 from __future__ import annotations
 
 import os
+import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn, cast
 
-from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
+from twisted.internet.interfaces import (
+    IReactorCore,
+    IReactorSocket,
+    IReactorThreads,
+    IReactorTime,
+)
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
@@ -103,8 +109,12 @@ def build_service(
     log_observer: ILogObserver | None = None,
     session: Any = None,
     handle_signals: bool = False,
+    sockets: Sequence[socket.socket] = (),
 ) -> Any:
-    """Everything the server is made of, from settings; raises ``ConfigError``."""
+    """Everything the server is made of, from settings; raises ``ConfigError``.
+
+    ``sockets``, when given, are already listening (the Lambda start path
+    bound them) and replace the settings' listeners."""
     from botocore.credentials import create_credential_resolver
     from treq.client import HTTPClient
     from twisted.internet.endpoints import serverFromString
@@ -121,7 +131,13 @@ def build_service(
     from secretcache.cache import SecretCache
     from secretcache.credentials import BotocoreCredentialSource
     from secretcache.metrics import AccessLog, Metrics, RequestObservers
-    from secretcache.service import SecretcacheService, Startup, listener, maintenance
+    from secretcache.service import (
+        AdoptedListener,
+        SecretcacheService,
+        Startup,
+        listener,
+        maintenance,
+    )
     from secretcache.upstream import SecretsManagerClient
     from secretcache.web import SHUTDOWN_GRACE, SecretcacheSite
 
@@ -198,13 +214,20 @@ def build_service(
 
     root = SecretcacheService(
         log_observer,
-        on_stop=[lambda: site.drain(SHUTDOWN_GRACE), pool.closeCachedConnections],
+        on_stop=[lambda: site.drain(root.shutdown_grace), pool.closeCachedConnections],
         stop_reactor=(lambda: threads.callFromThread(reactor.stop))
         if handle_signals
         else None,
         clock=clock,
     )
-    for description in settings.listen:
+    root.shutdown_grace = SHUTDOWN_GRACE
+    root.cache, root.startup = cache, startup
+    root.close_idle_upstream = pool.closeCachedConnections
+    for sock in sockets:
+        AdoptedListener(cast(IReactorSocket, reactor), sock, site).setServiceParent(
+            root
+        )  # type: ignore[no-untyped-call]
+    for description in () if sockets else settings.listen:
         try:
             endpoint = serverFromString(reactor, description)
         except (ValueError, KeyError, TypeError) as e:
