@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import Request
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
@@ -187,12 +188,11 @@ class SecretcacheAPI:
         self._now = clock
 
     def resource(self) -> IResource:
-        return _Undecodable(self, self.app.resource())
+        return _FrontDoor(self, self.app.resource())
 
-    # Routes. Every route takes any method: the method is checked after the
-    # token, in the SPEC's order, not by the router.
+    # The secret routes, dispatched by ``_FrontDoor``. Every route takes any
+    # method: the method is checked after the token, in the SPEC's order.
 
-    @app.route("/cache")
     def legacy(self, request: IRequest) -> Any:
         started = self._now()
         try:
@@ -214,7 +214,6 @@ class SecretcacheAPI:
             return self._legacy_error(request, "cache", error, started)
         return self._serve(request, "cache", key, refresh, started, legacy=True)
 
-    @app.route("/secretsmanager/get")
     def aws_get(self, request: IRequest) -> Any:
         started = self._now()
         try:
@@ -227,7 +226,6 @@ class SecretcacheAPI:
             return self._error(request, "secretsmanager/get", error, started)
         return self._serve(request, "secretsmanager/get", key, refresh, started)
 
-    @app.route("/v1/", branch=True, strict_slashes=False)
     def aws_v1(self, request: IRequest) -> Any:
         started = self._now()
         try:
@@ -288,11 +286,7 @@ class SecretcacheAPI:
         return _send(request, 200, body, content_type)
 
     @app.handle_errors(NotFound, MethodNotAllowed, RequestRedirect)
-    def not_found(self, request: IRequest, failure: Failure) -> Any:
-        if request.path.startswith(b"/v1/"):
-            # The router's path converter refuses an id that starts with "/"
-            # ("/v1//prod/db"); every path under /v1/ is that route.
-            return self.aws_v1(request)
+    def not_found(self, request: IRequest, failure: Failure) -> bytes:
         return self._error(request, "unknown", not_found_route(), self._now())
 
     @app.handle_errors(Exception)
@@ -399,10 +393,14 @@ class SecretcacheAPI:
         return never
 
 
-class _Undecodable(Resource):
-    """Answers, in our JSON, requests that Klein cannot route because their
-    method, Host or path cannot be decoded (it would answer a bare 400 or a
-    500, and log a traceback); hands every other request to Klein."""
+class _FrontDoor(Resource):
+    """Every request enters here. The secret routes go straight to their
+    handler: they are the hot path, and Klein's per-request routing (URL
+    decoding, werkzeug matching, request adaptation) would cost more than
+    the rest of a cache hit; each handler makes every check itself, so the
+    contract is the same. The service routes and unknown paths go through
+    Klein, unless a part of the request cannot be decoded (Klein would
+    answer a bare 400 or a 500 and log a traceback): that gets our JSON."""
 
     isLeaf = True
 
@@ -410,13 +408,52 @@ class _Undecodable(Resource):
         super().__init__()  # type: ignore[no-untyped-call]
         self._api = api
         self._routed = routed
+        self._secret_routes: dict[bytes, Callable[[IRequest], Any]] = {
+            b"/cache": api.legacy,
+            b"/secretsmanager/get": api.aws_get,
+            b"/v1": api.aws_v1,
+        }
 
     def render(self, request: IRequest) -> Any:
+        path: bytes = request.path
+        handler = self._secret_routes.get(path)
+        if handler is None and path.startswith(b"/v1/"):
+            handler = self._api.aws_v1
+        if handler is not None:
+            return _rendered(request, handler(request))
         problem = _undecodable(request)
         if problem is None:
             return self._routed.render(request)
         started = self._api._now()
         return self._api._error(request, "unknown", problem, started)
+
+
+def _rendered(request: IRequest, result: bytes | Deferred[bytes]) -> Any:
+    """A handler's answer as ``Resource.render`` gives it: bytes now, or
+    ``NOT_DONE_YET`` and the body when the Deferred fires; a client that
+    hangs up cancels its wait (not the fetch others share)."""
+    if isinstance(result, bytes):
+        return result
+    done: list[bool] = []
+
+    def finished(outcome: object) -> None:
+        done.append(True)
+        if isinstance(outcome, Failure):
+            result.cancel()
+
+    cast(Request, request).notifyFinish().addBoth(finished)
+
+    def write(body: bytes) -> None:
+        if not done:
+            request.write(body)
+            request.finish()
+
+    def failed(failure: Failure) -> None:
+        if not done:
+            SecretcacheAPI.log.failure("while answering", failure)
+
+    result.addCallback(write).addErrback(failed)
+    return NOT_DONE_YET
 
 
 def _undecodable(request: IRequest) -> SecretcacheError | None:
