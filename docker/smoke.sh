@@ -13,8 +13,12 @@
 #                  moto's venv (default /var/tmp/secretcache-smoke)
 #   SMOKE_CONTEXT  build context (default: the repository root)
 #   SMOKE_BASE     base image; default python:3.12-slim when it is present
-#                  locally (or SMOKE_PULL=1 and it can be pulled), else a
-#                  Debian bookworm root made here with debootstrap
+#                  locally or can be pulled (SMOKE_PULL=0 skips trying,
+#                  SMOKE_PULL_TIMEOUT bounds it, default 120 s), else a Debian
+#                  bookworm root made here with debootstrap (cached)
+#   PYTHON         a Python that can import moto.server and boto3, used for
+#                  moto's server and the checks; default python3 when it can,
+#                  else a venv made here (pip install 'moto[server]' boto3)
 #   SMOKE_IMAGE    tag to build (default secretcache:smoke)
 #   SMOKE_KEEP_ENGINE=1  leave an engine this script started running
 set -euo pipefail
@@ -68,7 +72,28 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
-command -v python3 >/dev/null || die "python3 is needed (moto's server, HTTP checks)"
+
+# ---- a Python with moto's server (and boto3 to seed it) ---------------------
+# Also runs the HTTP checks (standard library only; the image has no curl).
+has_moto() { "$1" -c 'import moto.server, boto3' >/dev/null 2>&1; }
+if [[ -n ${PYTHON:-} ]]; then
+    has_moto "$PYTHON" || die "PYTHON=$PYTHON cannot import moto.server and boto3 (pip install 'moto[server]' boto3)"
+    py=$PYTHON
+elif command -v python3 >/dev/null && has_moto python3; then
+    py=$(command -v python3)
+else
+    venv=$state/moto-venv
+    if ! has_moto "$venv/bin/python"; then
+        command -v python3 >/dev/null || die "python3 is needed (moto's server, HTTP checks); or set PYTHON"
+        log "creating $venv with moto[server] and boto3"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/python" -m pip install -q 'moto[server]>=5' boto3 >"$tmp/pip.log" 2>&1 \
+            || { tail -20 "$tmp/pip.log" >&2; die "pip install moto failed"; }
+    fi
+    py=$venv/bin/python
+fi
+log "python for moto and the checks: $py (moto $("$py" -c 'import moto; print(moto.__version__)'))"
 
 # ---- a Docker engine -------------------------------------------------------
 command -v docker >/dev/null || apt_install docker.io
@@ -118,24 +143,34 @@ else
 fi
 
 # ---- base image ------------------------------------------------------------
+# What the local base holds: python3 and venv (the build stage), CA
+# certificates (TLS to Secrets Manager at run time, as python:3.12-slim has).
+# Recorded in a label, so that a base cached by an older recipe is remade.
+base_recipe="debootstrap minbase bookworm +python3,python3-venv,ca-certificates"
 make_local_base() {
-    if docker image inspect "$local_base" >/dev/null 2>&1; then
+    if [[ $(docker image inspect -f '{{index .Config.Labels "secretcache.base.recipe"}}' \
+            "$local_base" 2>/dev/null) == "$base_recipe" ]]; then
         log "base image $local_base exists (cached)"
         return
     fi
+    docker rmi "$local_base" >/dev/null 2>&1 || true
     command -v debootstrap >/dev/null || apt_install debootstrap
     local root="$tmp/root" t0=$SECONDS
-    log "making $local_base with debootstrap (minbase + python3, python3-venv)"
+    log "making $local_base: $base_recipe"
     # A clean environment: the host's pip/CA variables mean nothing in the root.
     env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
         ${http_proxy:+http_proxy=$http_proxy} ${https_proxy:+https_proxy=$https_proxy} \
-        debootstrap --variant=minbase --include=python3,python3-venv \
+        debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
         bookworm "$root" "${SMOKE_DEBIAN_MIRROR:-http://deb.debian.org/debian}" \
         >"$tmp/debootstrap.log" 2>&1 || { tail -20 "$tmp/debootstrap.log" >&2; die "debootstrap failed"; }
-    # Package caches and docs are dead weight in every image built on it.
+    # Package caches and docs are dead weight in every image built on it; the
+    # host's resolver and name, and device nodes, are the engine's to provide.
     rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
-        "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/*
+        "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/* \
+        "$root"/etc/hostname "$root"/dev/*
+    : >"$root/etc/resolv.conf"
     tar -C "$root" -c . | docker import \
+        --change "LABEL secretcache.base.recipe=\"$base_recipe\"" \
         --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' - "$local_base" >/dev/null
     rm -rf "$root"
     log "made $local_base in $((SECONDS - t0)) s"
@@ -144,9 +179,11 @@ if [[ -n ${SMOKE_BASE:-} ]]; then
     base=$SMOKE_BASE
 elif docker image inspect python:3.12-slim >/dev/null 2>&1; then
     base=python:3.12-slim
-elif [[ ${SMOKE_PULL:-0} == 1 ]] && timeout 120 docker pull -q python:3.12-slim >/dev/null 2>&1; then
+elif [[ ${SMOKE_PULL:-1} == 1 ]] \
+    && timeout "${SMOKE_PULL_TIMEOUT:-120}" docker pull -q python:3.12-slim >"$tmp/pull.log" 2>&1; then
     base=python:3.12-slim
 else
+    [[ -s $tmp/pull.log ]] && log "cannot pull python:3.12-slim: $(tail -1 "$tmp/pull.log" | cut -c1-160)"
     make_local_base
     base=$local_base
 fi
@@ -155,7 +192,7 @@ fi
 # The host's pip settings, minus what only makes sense on the host (local
 # file:// indexes, find-links, constraint files, its CA path), go in as a
 # build secret, and so does the CA bundle: neither is kept in the image.
-python3 - "$tmp/pip.conf" <<'EOF'
+"$py" - "$tmp/pip.conf" <<'EOF'
 import subprocess, sys
 keep = {"index-url", "extra-index-url", "trusted-host", "timeout", "default-timeout",
         "retries", "proxy"}
@@ -188,23 +225,15 @@ t0=$(date +%s.%N)
 "${build_cmd[@]}" --network host --progress plain -f "$here/Dockerfile" \
     --build-arg "BASE=$base" "${secrets[@]}" -t "$image" "$context" \
     >"$tmp/build.log" 2>&1 || { tail -40 "$tmp/build.log" >&2; die "docker build failed"; }
-build_s=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)")
+build_s=$("$py" -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)")
 log "built in ${build_s} s"
 
 # ---- moto's server on a free loopback port ----------------------------------
-venv=$state/moto-venv
-if ! "$venv/bin/python" -c 'import moto.server, boto3' 2>/dev/null; then
-    log "creating $venv with moto[server] and boto3"
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install -q 'moto[server]>=5' boto3 >"$tmp/pip.log" 2>&1 \
-        || { tail -20 "$tmp/pip.log" >&2; die "pip install moto failed"; }
-fi
 free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 moto_port=$(free_port)
-"$venv/bin/python" -m moto.server -H 127.0.0.1 -p "$moto_port" >"$tmp/moto.log" 2>&1 &
+"$py" -m moto.server -H 127.0.0.1 -p "$moto_port" >"$tmp/moto.log" 2>&1 &
 moto_pid=$!
 
 # Fake credentials: moto accepts any; nothing here may reach AWS.
@@ -212,7 +241,7 @@ export AWS_ACCESS_KEY_ID=smoke AWS_SECRET_ACCESS_KEY=smoke
 unset AWS_SESSION_TOKEN AWS_PROFILE AWS_ENDPOINT_URL
 secret_id=smoke/db
 secret_value='{"username":"app","password":"s3cr3t-smoke"}'
-"$venv/bin/python" - "$moto_port" "$secret_id" "$secret_value" <<'EOF' || die "seeding moto failed (see above)"
+"$py" - "$moto_port" "$secret_id" "$secret_value" <<'EOF' || die "seeding moto failed (see above)"
 import sys, time, boto3, botocore.exceptions
 port, name, value = sys.argv[1:]
 sm = boto3.client("secretsmanager", region_name="us-east-1",
@@ -231,7 +260,7 @@ log "moto on 127.0.0.1:$moto_port, seeded $secret_id"
 
 # ---- run the image ---------------------------------------------------------
 port=$(free_port)
-token=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+token=$("$py" -c 'import secrets; print(secrets.token_hex(16))')
 # An env file keeps the token off the host's process list.
 cat >"$tmp/run.env" <<EOF
 SECRETCACHE_PORT=tcp:$port:interface=127.0.0.1
@@ -265,7 +294,7 @@ check() {  # check NAME COMMAND...: run COMMAND, record PASS/FAIL
 }
 # http PATH [HEADER:VALUE] -> "STATUS BODY" on stdout (no curl needed)
 http() {
-    python3 - "http://127.0.0.1:$port$1" "${2:-}" <<'EOF'
+    "$py" - "http://127.0.0.1:$port$1" "${2:-}" <<'EOF'
 import sys, urllib.request, urllib.error
 req = urllib.request.Request(sys.argv[1])
 if sys.argv[2]:
@@ -288,7 +317,7 @@ for _ in $(seq 300); do
     [[ $(docker inspect -f '{{.State.Running}}' "$container") == true ]] || break
     sleep 0.1
 done
-start_s=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t_run" "$(date +%s.%N)")
+start_s=$("$py" -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t_run" "$(date +%s.%N)")
 [[ -n $up ]] || log "the server did not answer /ping within 30 s"
 
 check_ping() {
@@ -298,7 +327,7 @@ check_ping() {
 }
 check_secret() {
     local r; r=$(http "/secretsmanager/get?secretId=$secret_id" "X-Aws-Parameters-Secrets-Token:$token")
-    python3 - "$r" "$secret_id" "$secret_value" <<'EOF'
+    "$py" - "$r" "$secret_id" "$secret_value" <<'EOF'
 import json, sys
 r, name, value = sys.argv[1:]
 status, _, body = r.partition(" ")
@@ -314,10 +343,12 @@ check_status() {  # check_status EXPECTED PATH [HEADER]
     [[ ${r%% *} == "$1" ]] || { echo "got: ${r:0:200}"; return 1; }
 }
 check_nonroot() {
-    local uid
+    local uid user
     uid=$(docker exec "$container" id -u) || return 1
+    user=$(docker image inspect -f '{{.Config.User}}' "$image")
     [[ $uid =~ ^[0-9]+$ && $uid != 0 ]] || { echo "uid '$uid'"; return 1; }
-    echo "uid $uid"
+    [[ $user =~ ^[1-9][0-9]*(:[0-9]+)?$ ]] || { echo "image USER '$user' is not a numeric non-root uid"; return 1; }
+    echo "uid $uid, image USER $user"
 }
 check_healthy() {
     local s
@@ -340,10 +371,21 @@ check_image_contents() {
         done
         /opt/secretcache/bin/python -c "import moto" 2>/dev/null && bad="$bad moto"
         /opt/secretcache/bin/python -c "import setuptools" 2>/dev/null && bad="$bad setuptools"
+        # The base Python the venv runs on: its own pip, and the wheels
+        # ensurepip would install from, are gone too.
+        base_py=$(sed -n "s/^home *= *//p" /opt/secretcache/pyvenv.cfg)/python3
+        "$base_py" -c "import pip" 2>/dev/null && bad="$bad base-pip"
+        "$base_py" -c "import setuptools" 2>/dev/null && bad="$bad base-setuptools"
+        whl=$(find / -xdev -name "*.whl" 2>/dev/null | head -3 | tr "\n" " ")
+        [ -n "$whl" ] && bad="$bad $whl"
         [ -e /wheels ] && bad="$bad /wheels"
         [ -e /root/.cache/pip ] && bad="$bad pip-cache"
         ls /run/secrets/* >/dev/null 2>&1 && bad="$bad /run/secrets"
-        [ -z "$bad" ] || { echo "found:$bad"; exit 1; }'
+        [ -z "$bad" ] || { echo "found:$bad"; exit 1; }
+        # What it does need: CA certificates for TLS to Secrets Manager.
+        n=$(grep -c "BEGIN CERTIFICATE" /etc/ssl/certs/ca-certificates.crt 2>/dev/null)
+        [ "${n:-0}" -gt 0 ] || { echo "no CA certificates in /etc/ssl/certs"; exit 1; }
+        echo "$n CA certificates, base $("$base_py" -V)"'
 }
 check_no_cache_write() {
     # Twisted logs this when its plugin cache is stale and it cannot save it.
@@ -371,10 +413,10 @@ check_stop() {
     docker stop -t 10 "$container" >/dev/null || rc=$?
     t1=$(date +%s.%N)
     code=$(docker inspect -f '{{.State.ExitCode}}' "$container")
-    stop_s=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$t0" "$t1")
+    stop_s=$("$py" -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$t0" "$t1")
     echo "docker stop rc=$rc in ${stop_s} s, container exit code $code"
     # 137 would mean SIGKILL after the grace period: SIGTERM was not honoured.
-    ((rc == 0)) && python3 -c "import sys; sys.exit(not float(sys.argv[1]) < 2)" "$stop_s" \
+    ((rc == 0)) && "$py" -c "import sys; sys.exit(not float(sys.argv[1]) < 2)" "$stop_s" \
         && ((code != 137))
 }
 
@@ -385,7 +427,7 @@ check "403 with a wrong token" check_status 403 "/secretsmanager/get?secretId=$s
 check "runs as non-root" check_nonroot
 check "health status becomes healthy" check_healthy
 check "no plugin-cache write at start (read-only root)" check_no_cache_write
-check "image has no build tools, pip, moto or build secrets" check_image_contents
+check "image: no build tools, pip, moto or build secrets; has CA certificates" check_image_contents
 check "docker stop exits cleanly within 2 s" check_stop
 check "image defaults (tcp:8015) pass the image's HEALTHCHECK" check_defaults
 
