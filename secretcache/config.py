@@ -55,7 +55,8 @@ class Token:
 @dataclass(frozen=True)
 class Settings:
     listen: tuple[str, ...] = DEFAULT_LISTENERS
-    # True when ``listen`` is the default pair: the IPv6 one is then optional,
+    # True when ``listen`` is a loopback pair (the default, or the port of
+    # PARAMETERS_SECRETS_EXTENSION_HTTP_PORT): the IPv6 one is then optional,
     # since not every host (or container) has ::1.
     default_listen: bool = True
     ttl: float = 300.0
@@ -522,7 +523,13 @@ def load_settings(
                 "invalid PARAMETERS_SECRETS_EXTENSION_HTTP_PORT value "
                 f"{echo(raw)}: expected a port number from 1 to 65535"
             )
-        sources = [("PARAMETERS_SECRETS_EXTENSION_HTTP_PORT", raw)]
+        # As the default: both loopbacks (clients of AWS's extension use
+        # "localhost", which may resolve to ::1 first), ::1 where it exists.
+        values["listen"] = (
+            f"tcp:{int(raw)}:interface=127.0.0.1",
+            f"tcp6:{int(raw)}:interface=\\:\\:1",
+        )
+        sources = []
     else:
         sources = []
     listeners = []

@@ -21,7 +21,6 @@ from twisted.python import usage
 
 from secretcache._version import __version__
 from secretcache.config import (
-    DEFAULT_LISTENERS,
     OPTIONS,
     ConfigError,
     Settings,
@@ -232,7 +231,8 @@ def build_service(
             endpoint = serverFromString(reactor, description)
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"invalid listener {description!r}: {e}") from None
-        optional = settings.default_listen and description == DEFAULT_LISTENERS[1]
+        # The ::1 half of the loopback pair is skipped where there is no IPv6.
+        optional = settings.default_listen and description.startswith("tcp6:")
         listener(endpoint, site, description, optional).setServiceParent(root)
     startup.setServiceParent(root)  # type: ignore[no-untyped-call]
     interval = max(1.0, min(10.0, settings.ttl / 20))

@@ -131,12 +131,14 @@ class PrecedenceTests(SynchronousTestCase):
             ).listen,
             ("tcp:1:interface=127.0.0.1", "tcp:2:interface=127.0.0.1"),
         )
-        self.assertEqual(
-            load(
-                [], {**TOKEN_ENV, "PARAMETERS_SECRETS_EXTENSION_HTTP_PORT": "2773"}
-            ).listen,
-            ("tcp:2773:interface=127.0.0.1",),
+        aws_port = load(
+            [], {**TOKEN_ENV, "PARAMETERS_SECRETS_EXTENSION_HTTP_PORT": "2773"}
         )
+        self.assertEqual(
+            aws_port.listen,
+            ("tcp:2773:interface=127.0.0.1", "tcp6:2773:interface=\\:\\:1"),
+        )
+        self.assertTrue(aws_port.default_listen)
         self.assertEqual(
             load(["-p", "1", "-p", "unix:/tmp/s"]).listen,
             ("tcp:1:interface=127.0.0.1", "unix:/tmp/s"),

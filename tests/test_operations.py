@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -131,3 +132,41 @@ class MetricsEndpointTests(MotoTestCase):
         self.assertGreater(values[("process_resident_memory_bytes", ())], 10e6)
         self.assertNotIn(name, text)
         self.assertNotIn(DB_SECRET["password"], text)
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+class LoopbackPairTests(MotoTestCase):
+    def test_both_loopbacks_answer_on_the_aws_agents_port_variable(self) -> None:
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "secretcache"],
+            env=clean_environment(
+                AWS_REGION=REGION,
+                SECRETCACHE_TOKEN=TOKEN,
+                AWS_ACCESS_KEY_ID="testing",
+                AWS_SECRET_ACCESS_KEY="testing",
+                PARAMETERS_SECRETS_EXTENSION_HTTP_PORT=str(port),
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_port(port, process)
+            self.assertEqual(http_request(port, "GET", "/ping").body, b"healthy")
+            if _has_ipv6_loopback():
+                answer = http_request(port, "GET", "/ping", host="::1")
+                self.assertEqual(answer.body, b"healthy")
+            else:
+                # Without IPv6 the ::1 half is skipped, not fatal: we got here.
+                self.assertIsNone(process.poll())
+        finally:
+            process.terminate()
+            process.wait(10)
