@@ -394,6 +394,42 @@ def parse_listener(text: str) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class TCPListener:
+    family: str  # "tcp" or "tcp6"
+    port: int
+    interface: str
+    backlog: int = 50
+
+
+def tcp_listener(description: str) -> TCPListener | None:
+    """A ``tcp``/``tcp6`` endpoint string taken apart, or None for other
+    kinds; lets us listen without Twisted's endpoint-string parser, whose
+    plugin scan imports a dozen modules we never use."""
+    parts = split_endpoint(description)
+    if parts[0] not in ("tcp", "tcp6"):
+        return None
+    kind = parts[0]
+    port = ""
+    interface = "::" if kind == "tcp6" else "0.0.0.0"
+    backlog = 50
+    for part in parts[1:]:
+        name, eq, value = part.partition("=")
+        if not eq:
+            port = port or part
+        elif name == "port":
+            port = value
+        elif name == "interface":
+            interface = value
+        elif name == "backlog" and value.isdigit():
+            backlog = int(value)
+        else:
+            return None  # something only Twisted's parser knows
+    if not port.isdigit():
+        return None
+    return TCPListener(kind, int(port), interface, backlog)
+
+
 def listener_interface(description: str) -> str | None:
     """The interface a listener binds, '' for all, None for non-IP listeners."""
     parts = split_endpoint(description)

@@ -26,7 +26,7 @@ from secretcache.config import (
     Settings,
     echo,
     load_settings,
-    split_endpoint,
+    tcp_listener,
 )
 
 API_VERSION = "2020-01-01"
@@ -92,31 +92,18 @@ def bind(settings: Settings) -> list[socket.socket]:
 
 
 def _bind_one(description: str) -> socket.socket:
-    parts = split_endpoint(description)
-    kind = parts[0]
-    if kind not in ("tcp", "tcp6"):
+    listener = tcp_listener(description)
+    if listener is None:
         raise ConfigError(
-            f"the Lambda extension listens on tcp or tcp6 endpoints only, "
+            "the Lambda extension listens on plain tcp or tcp6 endpoints only, "
             f"not {echo(description)}"
         )
-    port = ""
-    interface = "::" if kind == "tcp6" else "0.0.0.0"
-    backlog = 128
-    for part in parts[1:]:
-        if part.startswith("port="):
-            port = part[5:]
-        elif part.startswith("interface="):
-            interface = part[10:]
-        elif part.startswith("backlog="):
-            backlog = int(part[8:])
-        elif "=" not in part and not port:
-            port = part
-    family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
+    family = socket.AF_INET6 if listener.family == "tcp6" else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((interface, int(port)))
-        s.listen(backlog)
+        s.bind((listener.interface, listener.port))
+        s.listen(listener.backlog)
         s.setblocking(False)
     except BaseException:
         s.close()

@@ -35,16 +35,9 @@ class SecretKey:
 class SecretValue:
     """One GetSecretValue answer, with both dialects' bodies pre-rendered."""
 
-    __slots__ = (
-        "arn",
-        "aws_body",
-        "created_date",
-        "name",
-        "raw_body",
-        "raw_content_type",
-        "version_id",
-        "version_stages",
-    )
+    # Only what is served is kept: a cache holds many of these, and the
+    # answer's other fields live on inside ``aws_body``.
+    __slots__ = ("aws_body", "raw_body", "raw_content_type", "version_id")
 
     def __init__(
         self,
@@ -57,11 +50,7 @@ class SecretValue:
         secret_string: str | None = None,
         secret_binary: bytes | None = None,
     ) -> None:
-        self.arn = arn
-        self.name = name
         self.version_id = version_id
-        self.version_stages = tuple(version_stages)
-        self.created_date = created_date
         body: dict[str, Any] = {"ARN": arn, "Name": name, "VersionId": version_id}
         if secret_binary is not None:
             body["SecretBinary"] = base64.b64encode(secret_binary).decode("ascii")
@@ -77,7 +66,7 @@ class SecretValue:
         self.aws_body = json.dumps(body, ensure_ascii=False).encode("utf-8")
 
     def __repr__(self) -> str:
-        return f"<SecretValue {self.name!r} version {self.version_id!r}, redacted>"
+        return f"<SecretValue version {self.version_id!r}, redacted>"
 
     __str__ = __repr__
 

@@ -26,6 +26,7 @@ from secretcache.config import (
     Settings,
     help_text,
     load_settings,
+    tcp_listener,
 )
 
 log = Logger()
@@ -100,6 +101,23 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> Any:
         fail(str(e))
 
 
+def _endpoint(reactor: Any, description: str) -> Any:
+    from twisted.internet.endpoints import (
+        TCP4ServerEndpoint,
+        TCP6ServerEndpoint,
+        serverFromString,
+    )
+
+    tcp = tcp_listener(description)
+    if tcp is not None:
+        kind = TCP6ServerEndpoint if tcp.family == "tcp6" else TCP4ServerEndpoint
+        return kind(reactor, tcp.port, tcp.backlog, tcp.interface)
+    try:
+        return serverFromString(reactor, description)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"invalid listener {description!r}: {e}") from None
+
+
 def build_service(
     settings: Settings,
     reactor: IReactorCore,
@@ -116,7 +134,6 @@ def build_service(
     bound them) and replace the settings' listeners."""
     from botocore.credentials import create_credential_resolver
     from treq.client import HTTPClient
-    from twisted.internet.endpoints import serverFromString
     from twisted.internet.threads import deferToThreadPool
     from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
@@ -227,10 +244,7 @@ def build_service(
             root
         )  # type: ignore[no-untyped-call]
     for description in () if sockets else settings.listen:
-        try:
-            endpoint = serverFromString(reactor, description)
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"invalid listener {description!r}: {e}") from None
+        endpoint = _endpoint(reactor, description)
         # The ::1 half of the loopback pair is skipped where there is no IPv6.
         optional = settings.default_listen and description.startswith("tcp6:")
         listener(endpoint, site, description, optional).setServiceParent(root)

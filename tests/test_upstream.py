@@ -204,7 +204,7 @@ class ClientTests(SynchronousTestCase):
         self.assertNoResult(d)
         self.clock.advance(0.4)
         self.stub.flush()
-        self.assertEqual(self.successResultOf(d).name, "db")
+        self.assertEqual(json.loads(self.successResultOf(d).aws_body)["Name"], "db")
         self.assertEqual(len(self.upstream.calls), 3)
 
     def test_attempts_stop_at_max_attempts(self) -> None:
