@@ -25,7 +25,7 @@ PY_PREFIX=/opt/python$PY_SERIES    # inside the build root
 PYINSTALLER_REQ=${PYINSTALLER_REQ:-pyinstaller>=6.10,<7}
 HOST_PYTHON=${HOST_PYTHON:-python3}
 # The slim layer carries extension modules for each of these; 3.12+ only.
-SLIM_PYTHONS=${SLIM_PYTHONS:-3.12 3.13 3.14}
+SLIM_PYTHONS=${SLIM_PYTHONS:-3.12 3.13}
 # glibc ceilings: the full layer is proven on bullseye; AL2023 has 2.34.
 FULL_GLIBC_MAX=2.31
 SLIM_GLIBC_MAX=2.34
@@ -123,12 +123,27 @@ build_cpython() {
     tar -xf "$(compgen -G "$dl/*.debian.tar.*" | head -1)" -C "$src"
     # Debian's own patches (multiarch layout etc.) do not fit a private
     # prefix; its series ends with upstream security fixes, which do.
-    local p
+    local p f
     sed -n '/^CVE-/,$p' "$src/debian/patches/series" | sed 's/[[:space:]]*#.*//' | grep -v '^$' |
         while read -r p; do
             patch -d "$src" -p1 -s --no-backup-if-mismatch <"$src/debian/patches/$p" ||
                 die "patch $p does not apply"
         done
+    # Some fixes (CVE-2026-4224 in pyexpat.c) use internal headers, which
+    # need Py_BUILD_CORE_MODULE: Debian builds pyexpat into libpython with
+    # core flags, 3.11.2's setup.py builds it as a plain extension.
+    # Give such a module the guard the other stdlib modules carry.
+    sed -n '/^CVE-/,$p' "$src/debian/patches/series" | sed 's/[[:space:]]*#.*//' | grep -v '^$' |
+        while read -r p; do
+            # Files under Modules/ into which this patch adds a pycore_ include.
+            awk '/^\+\+\+ b\// { f = substr($2, 3) } /^\+#include "pycore_/ && f ~ /^Modules\/[^\/]*\.c$/ { print f }' \
+                "$src/debian/patches/$p"
+        done | sort -u | while read -r f; do
+        if ! grep -q Py_BUILD_CORE "$src/$f"; then
+            log "defining Py_BUILD_CORE_MODULE in $f (it includes internal headers since a security patch)"
+            sed -i '1i #ifndef Py_BUILD_CORE_BUILTIN\n#  define Py_BUILD_CORE_MODULE 1\n#endif' "$src/$f"
+        fi
+    done
     mount_proc "$BUILD_ROOT"
     # --enable-shared: PyInstaller bundles libpython; the rpath lets the
     # root's python find it without LD_LIBRARY_PATH.
@@ -138,6 +153,8 @@ build_cpython() {
             --with-system-expat --with-ensurepip=install LDFLAGS=-Wl,-rpath,$PY_PREFIX/lib
         make -s -j$(nproc)
         make -s install
+        # setup.py only warns about a module it could not build.
+        $PY_PREFIX/bin/python3 -c 'import pyexpat, _ssl, _hashlib, zlib, _ctypes, _bz2, _lzma, _decimal, _uuid, readline'
     " >"$CACHE/cpython-build.log" 2>&1 || { tail -30 "$CACHE/cpython-build.log" >&2; die "CPython build failed (log: $CACHE/cpython-build.log)"; }
     rm -rf -- "$src"
     printf '%s' "$dsc" >"$stamp"
@@ -170,9 +187,8 @@ build_full_layer() {
     if grep -qi '^prometheus[-_]client==' "$CACHE/full-layer-freeze.txt"; then
         extra+=(--collect-submodules prometheus_client)
     fi
-    in_root "$BUILD_ROOT" sh -c 'cd /build && exec "$@"' sh /build/venv/bin/pyinstaller \
-        --noconfirm --clean --log-level WARN --onedir --name secretcache \
-        --distpath /build/dist --workpath /build/work --specpath /build/work \
+    in_root "$BUILD_ROOT" sh -c 'cd /build && exec "$@"' sh /build/venv/bin/pyi-makespec \
+        --log-level WARN --onedir --name secretcache --specpath /build/work \
         --paths /build/layer \
         --debug noarchive --strip --noupx \
         --collect-submodules secretcache \
@@ -187,7 +203,23 @@ build_full_layer() {
         --exclude-module _distutils_hack --exclude-module distutils \
         --exclude-module tkinter --exclude-module _tkinter \
         "${extra[@]}" \
-        /build/layer/entry.py
+        /build/layer/entry.py >/dev/null
+    # PyInstaller adds runtime hooks for inspect, pkgutil and multiprocessing
+    # (all in the module graph), and runs them before entry.py: ~60 ms of
+    # imports on the path to register. The extension needs none of them: it
+    # spawns no multiprocessing child, and with noarchive the modules are
+    # plain files that inspect and pkgutil handle without help. The spec file
+    # is Python: drop them from the scripts the executable runs.
+    local spec=$b/work/secretcache.spec
+    local unwanted='("pyi_rth_inspect", "pyi_rth_pkgutil", "pyi_rth_multiprocessing")'
+    grep -q '^pyz = PYZ(' "$spec" || die "unexpected spec file layout: $spec"
+    sed -i "/^pyz = PYZ(/i a.scripts = [s for s in a.scripts if s[0] not in $unwanted]" "$spec"
+    in_root "$BUILD_ROOT" sh -c 'cd /build && exec "$@"' sh /build/venv/bin/pyinstaller \
+        --noconfirm --clean --log-level WARN \
+        --distpath /build/dist --workpath /build/work /build/work/secretcache.spec
+    if grep -Eq "'pyi_rth_(inspect|pkgutil|multiprocessing)'" "$b/work/secretcache/EXE-00.toc"; then
+        die "runtime hooks still in the executable"
+    fi
     local bundle=$b/dist/secretcache
     prune_botocore_data "$bundle/_internal/botocore/data"
     [ -f "$bundle/_internal/botocore/cacert.pem" ] || die "botocore/cacert.pem missing from the bundle"
@@ -215,11 +247,13 @@ build_full_layer() {
     report_size "$DIST/secretcache-layer.zip" "$stage"
 }
 
+mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1000000 }'; }
+
 report_size() {
     local zip=$1 tree=$2 zipped unpacked
     zipped=$(stat -c %s "$zip")
     unpacked=$(du -sb "$tree" | cut -f1)
-    log "$(basename "$zip"): $((zipped / 1024)) KiB zipped, $((unpacked / 1024)) KiB unpacked"
+    log "$(basename "$zip"): $(mb "$zipped") MB zipped (Lambda's limit: 50), $(mb "$unpacked") MB unpacked (limit: 250 with the function)"
     ((zipped < 50 * 1000 * 1000)) || die "$zip is over Lambda's 50 MB zipped limit"
     ((unpacked < 250 * 1000 * 1000)) || die "$zip is over Lambda's 250 MB unpacked limit"
 }
@@ -246,8 +280,10 @@ build_slim_layer() {
     local wheel first="" v site=$stage/secretcache/site-packages
     wheel=$(compgen -G "$w/wheel/secretcache-*.whl" | head -1)
     # Wheels that run on manylinux x86_64 with glibc <= 2.34 (AL2023).
+    # --no-compile: pip would write bytecode for the host's own Python.
     local plat=(--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64
-        --platform manylinux_2_34_x86_64 --implementation cp --only-binary=:all:)
+        --platform manylinux_2_34_x86_64 --implementation cp --only-binary=:all:
+        --no-compile --no-warn-conflicts)
     for v in $SLIM_PYTHONS; do
         log "slim layer: dependencies for CPython $v"
         if [ -z "$first" ]; then
@@ -271,8 +307,13 @@ EOF
         fi
     done
     # Console scripts point at the host's python; Lambda never runs them.
-    rm -rf -- "$site/bin"
+    rm -rf -- "${site:?}/bin"
     prune_botocore_data "$site/botocore/data"
+    # The dependencies' own test suites (Twisted's alone is ~10 MB of source)
+    # count against Lambda's 250 MB for function and layers; nothing imports
+    # them at run time.
+    find "$site" -depth -type d \( -name test -o -name tests \) -exec test -f '{}/__init__.py' ';' \
+        -exec rm -rf -- '{}' +
 
     # Bytecode for each version we can find an interpreter for, checked by
     # hash-free "unchecked" pycs: zip rounds mtimes, and /opt is read-only.

@@ -1,7 +1,9 @@
+# shellcheck shell=bash
 # Shared helpers for layer/build.sh and layer/test-in-bullseye.sh (sourced).
 # Roots are Debian bullseye (glibc 2.31), the oldest base the layer supports:
 # what builds and runs there runs on Amazon Linux 2023 (glibc 2.34).
 
+# shellcheck disable=SC2034 # used by the scripts that source this file
 CACHE=${SECRETCACHE_LAYER_CACHE:-/var/cache/secretcache-layer}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DEBIAN_SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}

@@ -115,8 +115,12 @@ def main():
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "AKIDSELFTEST")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "selftest")
     os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
-    import zope.interface
+    import zope.interface  # noqa: F401 (loads its C optimizations, if it can)
 
+    # Imported by name at run time, so a freezer can miss them; the
+    # pure-Python fallback makes every adaptation and provides-check slower.
+    zope_c = "zope.interface._zope_interface_coptimizations" in sys.modules
+    assert zope_c, "zope.interface runs without its C optimizations"
     cacert, boto_version = _botocore_checks()
     openssl = _tls_checks(cacert)
     reactor_name = _http_roundtrip()
@@ -132,10 +136,7 @@ def main():
                 "extension_name": os.environ.get("SECRETCACHE_EXTENSION_NAME"),
                 "botocore": boto_version,
                 "pyopenssl_openssl": openssl,
-                "zope.interface_c": not zope.interface.interface.__file__.endswith(
-                    ".py"
-                )
-                and "_zope_interface_coptimizations" in sys.modules,
+                "zope.interface_c": zope_c,
             }
         )
     )
