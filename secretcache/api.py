@@ -112,8 +112,11 @@ def _quote(text: str) -> str:
     return repr(text[:64] + ("..." if len(text) > 64 else ""))
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _has_control(text: str) -> bool:
-    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
+    return _CONTROL.search(text) is not None
 
 
 def _checked(value: str | None, name: str, limit: int, required: bool) -> str | None:
@@ -186,6 +189,7 @@ class SecretcacheAPI:
         self._metrics = metrics
         self._observer = observer or RequestObserver()
         self._now = clock
+        self._parsed_requests: dict[tuple[str, bytes], tuple[SecretKey, bool]] = {}
 
     def resource(self) -> IResource:
         return _FrontDoor(self, self.app.resource())
@@ -197,19 +201,7 @@ class SecretcacheAPI:
         started = self._now()
         try:
             self._check_caller(request)
-            query = _Query(_query_bytes(request))
-            secret_id = _checked(query.first("name"), "name", MAX_SECRET_ID, True)
-            key = SecretKey(
-                secret_id or "",
-                _checked(query.first("versionId"), "versionId", MAX_VERSION_ID, False),
-                _checked(
-                    query.first("versionStage"),
-                    "versionStage",
-                    MAX_VERSION_STAGE,
-                    False,
-                ),
-            )
-            refresh = _flag(query.first("refresh"), "refresh")
+            key, refresh = self._parsed("cache", _query_bytes(request), _legacy_key)
         except SecretcacheError as error:
             return self._legacy_error(request, "cache", error, started)
         return self._serve(request, "cache", key, refresh, started, legacy=True)
@@ -219,9 +211,7 @@ class SecretcacheAPI:
         try:
             self._check_caller(request)
             self._check_get(request)
-            params = _Query(_query_bytes(request)).strict(_AWS_PARAMETERS)
-            key = self._aws_key(params.get("secretId"), params)
-            refresh = _flag(params.get("refreshNow"), "refreshNow")
+            key, refresh = self._parsed("get", _query_bytes(request), _get_key)
         except SecretcacheError as error:
             return self._error(request, "secretsmanager/get", error, started)
         return self._serve(request, "secretsmanager/get", key, refresh, started)
@@ -231,14 +221,27 @@ class SecretcacheAPI:
         try:
             self._check_caller(request)
             self._check_get(request)
-            params = _Query(_query_bytes(request)).strict(_V1_PARAMETERS)
-            raw_path = request.uri.split(b"?", 1)[0]
-            raw_id = raw_path[len(b"/v1/") :] if raw_path.startswith(b"/v1/") else b""
-            key = self._aws_key(_unescape(raw_id, "path"), params)
-            refresh = _flag(params.get("refreshNow"), "refreshNow")
+            key, refresh = self._parsed("v1", request.uri, _v1_key)
         except SecretcacheError as error:
             return self._error(request, "v1", error, started)
         return self._serve(request, "v1", key, refresh, started)
+
+    def _parsed(
+        self, route: str, raw: bytes, parse: Callable[[bytes], tuple[SecretKey, bool]]
+    ) -> tuple[SecretKey, bool]:
+        """The key and refresh flag a request's raw query (or URI) means,
+        remembered for the raw bytes: clients repeat the same few requests,
+        and parsing and checking them anew is a fair share of a cache hit.
+        Only valid requests are remembered; the checks before this one (the
+        token above all) run on every request."""
+        remembered = self._parsed_requests.get((route, raw))
+        if remembered is not None:
+            return remembered
+        result = parse(raw)
+        if len(self._parsed_requests) >= _PARSED_REQUESTS:
+            self._parsed_requests.clear()
+        self._parsed_requests[(route, raw)] = result
+        return result
 
     @app.route("/ping")
     def ping(self, request: IRequest) -> bytes:
@@ -312,16 +315,6 @@ class SecretcacheAPI:
         if request.method != b"GET":
             raise method_not_allowed(request.method.decode("latin-1")[:16], "GET")
 
-    @staticmethod
-    def _aws_key(secret_id: str | None, params: dict[str, str]) -> SecretKey:
-        return SecretKey(
-            _checked(secret_id, "secretId", MAX_SECRET_ID, True) or "",
-            _checked(params.get("versionId"), "versionId", MAX_VERSION_ID, False),
-            _checked(
-                params.get("versionStage"), "versionStage", MAX_VERSION_STAGE, False
-            ),
-        )
-
     # Answers.
 
     def _serve(
@@ -391,6 +384,44 @@ class SecretcacheAPI:
         cast(Request, request).channel.loseConnection()
         never: Deferred[bytes] = Deferred()
         return never
+
+
+# Parsed requests remembered (see ``SecretcacheAPI._parsed``): the hot set.
+_PARSED_REQUESTS = 256
+
+
+def _aws_key(secret_id: str | None, params: Mapping[str, str]) -> SecretKey:
+    return SecretKey(
+        _checked(secret_id, "secretId", MAX_SECRET_ID, True) or "",
+        _checked(params.get("versionId"), "versionId", MAX_VERSION_ID, False),
+        _checked(params.get("versionStage"), "versionStage", MAX_VERSION_STAGE, False),
+    )
+
+
+def _legacy_key(query: bytes) -> tuple[SecretKey, bool]:
+    parsed = _Query(query)
+    key = SecretKey(
+        _checked(parsed.first("name"), "name", MAX_SECRET_ID, True) or "",
+        _checked(parsed.first("versionId"), "versionId", MAX_VERSION_ID, False),
+        _checked(
+            parsed.first("versionStage"), "versionStage", MAX_VERSION_STAGE, False
+        ),
+    )
+    return key, _flag(parsed.first("refresh"), "refresh")
+
+
+def _get_key(query: bytes) -> tuple[SecretKey, bool]:
+    params = _Query(query).strict(_AWS_PARAMETERS)
+    key = _aws_key(params.get("secretId"), params)
+    return key, _flag(params.get("refreshNow"), "refreshNow")
+
+
+def _v1_key(uri: bytes) -> tuple[SecretKey, bool]:
+    raw_path, _, query = uri.partition(b"?")
+    params = _Query(query).strict(_V1_PARAMETERS)
+    raw_id = raw_path[len(b"/v1/") :] if raw_path.startswith(b"/v1/") else b""
+    key = _aws_key(_unescape(raw_id, "path"), params)
+    return key, _flag(params.get("refreshNow"), "refreshNow")
 
 
 class _FrontDoor(Resource):

@@ -37,6 +37,15 @@ SHUTDOWN_GRACE = 1.0
 
 class _CountedChannel(HTTPChannel):
     site: SecretcacheSite
+    _host: IAddress | None = None
+
+    def getHost(self) -> IAddress:
+        # Every request asks (twisted.web's Request.__init__), and for TCP
+        # each answer is a getsockname() system call; a connection's local
+        # address does not change.
+        if self._host is None:
+            self._host = super().getHost()  # type: ignore[no-untyped-call]
+        return self._host
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.site.open_connections -= 1

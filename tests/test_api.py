@@ -320,3 +320,25 @@ class NoTokenTests(APITestCase):
     def test_secret_routes_are_open(self) -> None:
         self.assertEqual(self.get("/cache?name=db", headers={}).status, 200)
         self.assertEqual(self.get("/v1/db", headers={}).status, 200)
+
+
+class ParsedRequestMemoryTests(APITestCase):
+    def test_a_remembered_request_still_needs_the_token(self) -> None:
+        url = "/secretsmanager/get?secretId=db"
+        self.assertEqual(self.get(url).status, 200)
+        self.assertError(self.get(url, headers={}), 403, "AccessDeniedException")
+        self.assertEqual(self.get(url).header("x-secretcache-cache"), "hit")
+
+    def test_invalid_requests_are_refused_every_time(self) -> None:
+        for _ in range(2):
+            self.assertError(
+                self.get("/secretsmanager/get?secretId=db&secretId=db"),
+                400,
+                "InvalidParameterException",
+            )
+
+    def test_memory_is_bounded(self) -> None:
+        for i in range(600):
+            self.get(f"/secretsmanager/get?secretId=missing-{i}")
+        self.assertLessEqual(len(self.api._parsed_requests), 256)
+        self.assertEqual(self.get("/secretsmanager/get?secretId=db").status, 200)
