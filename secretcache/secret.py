@@ -33,11 +33,12 @@ class SecretKey:
 
 
 class SecretValue:
-    """One GetSecretValue answer, with both dialects' bodies pre-rendered."""
+    """One GetSecretValue answer. The AWS dialect's body is rendered once,
+    when fetched; the legacy dialect's raw body the first time a legacy
+    client asks for it (most deployments use one dialect, and a cache holds
+    many of these, so the other is not kept twice)."""
 
-    # Only what is served is kept: a cache holds many of these, and the
-    # answer's other fields live on inside ``aws_body``.
-    __slots__ = ("aws_body", "raw_body", "raw_content_type", "version_id")
+    __slots__ = ("_raw", "aws_body", "binary")
 
     def __init__(
         self,
@@ -50,23 +51,37 @@ class SecretValue:
         secret_string: str | None = None,
         secret_binary: bytes | None = None,
     ) -> None:
-        self.version_id = version_id
         body: dict[str, Any] = {"ARN": arn, "Name": name, "VersionId": version_id}
+        self.binary = secret_binary is not None
         if secret_binary is not None:
             body["SecretBinary"] = base64.b64encode(secret_binary).decode("ascii")
-            self.raw_body = secret_binary
-            self.raw_content_type = b"application/octet-stream"
         else:
             body["SecretString"] = secret_string or ""
-            self.raw_body = (secret_string or "").encode("utf-8")
-            self.raw_content_type = b"text/plain; charset=utf-8"
         body["VersionStages"] = list(version_stages)
         if created_date is not None:
             body["CreatedDate"] = created_date
         self.aws_body = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        self._raw: bytes | None = None
+
+    @property
+    def raw_body(self) -> bytes:
+        """``SecretString`` as UTF-8, or the bytes of ``SecretBinary``."""
+        if self._raw is None:
+            document = json.loads(self.aws_body)
+            if self.binary:
+                self._raw = base64.b64decode(document["SecretBinary"])
+            else:
+                self._raw = document["SecretString"].encode("utf-8")
+        return self._raw
+
+    @property
+    def raw_content_type(self) -> bytes:
+        if self.binary:
+            return b"application/octet-stream"
+        return b"text/plain; charset=utf-8"
 
     def __repr__(self) -> str:
-        return f"<SecretValue version {self.version_id!r}, redacted>"
+        return "<SecretValue redacted>"
 
     __str__ = __repr__
 

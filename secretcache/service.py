@@ -9,7 +9,6 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import (
@@ -20,6 +19,7 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import ServerFactory
+from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
@@ -30,26 +30,63 @@ from secretcache.errors import SecretcacheError
 from secretcache.secret import SecretKey
 
 
-class OptionalListener(StreamServerEndpointService):
-    """A listener that may fail to bind: the default ``::1`` one, since not
-    every host or container has IPv6 loopback."""
+class Listener(Service):
+    """Listens on an endpoint while running. (Twisted's
+    StreamServerEndpointService does the same, but its module brings in the
+    reconnecting-client machinery and automat: 0.4 MiB of memory that a
+    cache sized to sit beside every service should not carry.)
+
+    An ``optional`` listener may fail to bind: the default ``::1`` one, since
+    not every host or container has IPv6 loopback. Any other failure to bind
+    fails the start."""
 
     log = Logger()
-    # Set by ``listener``: the endpoint description, for the log.
-    description: str
+
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
+        description: str,
+        optional: bool,
+    ) -> None:
+        self._endpoint = endpoint
+        self._factory = factory
+        self.description = description
+        self._optional = optional
+        self._listening: Deferred[IListeningPort] | None = None
+        self._port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
+        # Listening may need privileges (a low port) that twistd drops later.
         super().privilegedStartService()  # type: ignore[no-untyped-call]
-        assert self._waitingForPort is not None
-        self._waitingForPort.addErrback(self._unavailable)
+        failed: list[Failure] = []
+        listening = self._endpoint.listen(self._factory)
+        self._listening = listening
+        listening.addCallbacks(self._listen_succeeded, failed.append)
+        if failed and not self._optional:
+            # TCP endpoints answer at once: fail the start with the reason.
+            failed[0].raiseException()
+        for failure in failed:
+            self.log.warn(
+                "not listening on {endpoint}: {reason}",
+                endpoint=self.description,
+                reason=failure.getErrorMessage(),
+            )
 
-    def _unavailable(self, failure: Failure) -> None:
-        self.log.warn(
-            "not listening on {endpoint}: {reason}",
-            endpoint=self.description,
-            reason=failure.getErrorMessage(),
-        )
-        self._waitingForPort = None
+    def _listen_succeeded(self, port: IListeningPort) -> None:
+        self._listening = None
+        self._port = port
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._listening is not None:
+            self._listening.cancel()
+            self._listening = None
+        port, self._port = self._port, None
+        if port is None:
+            return None
+        stopped: Deferred[None] | None = port.stopListening()
+        return stopped
 
 
 def listener(
@@ -57,16 +94,8 @@ def listener(
     factory: IProtocolFactory,
     description: str,
     optional: bool,
-) -> StreamServerEndpointService:
-    service: StreamServerEndpointService
-    if optional:
-        service = OptionalListener(endpoint, factory)  # type: ignore[no-untyped-call]
-    else:
-        service = StreamServerEndpointService(endpoint, factory)
-        # Fail start-up when an explicitly asked-for listener cannot bind.
-        service._raiseSynchronously = True
-    service.description = description  # type: ignore[attr-defined]
-    return service
+) -> Listener:
+    return Listener(endpoint, factory, description, optional)
 
 
 class AdoptedListener(Service):
@@ -193,18 +222,44 @@ class Startup(Service):
         return None
 
 
-def maintenance(
-    cache: SecretCache, interval: float, clock: IReactorTime
-) -> TimerService:
+class Periodic(Service):
+    """Calls ``tick`` every ``interval`` seconds while running (as Twisted's
+    TimerService, without importing twisted.application.internet)."""
+
+    log = Logger()
+
+    def __init__(
+        self, interval: float, tick: Callable[[], object], clock: IReactorTime
+    ) -> None:
+        self._interval = interval
+        self._loop = LoopingCall(self._safe_tick)
+        self._loop.clock = clock
+        self._tick = tick
+
+    def _safe_tick(self) -> None:
+        try:
+            self._tick()
+        except Exception:
+            self.log.failure("periodic task failed")
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self._loop.start(self._interval, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._loop.running:
+            self._loop.stop()
+
+
+def maintenance(cache: SecretCache, interval: float, clock: IReactorTime) -> Periodic:
     """Refresh-ahead of entries in use, and dropping of dead entries."""
 
     def tick() -> None:
         cache.purge()
         cache.refresh_in_use()
 
-    service = TimerService(interval, tick)
-    service.clock = clock
-    return service
+    return Periodic(interval, tick, clock)
 
 
 class SecretcacheService(MultiService):

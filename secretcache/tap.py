@@ -247,10 +247,12 @@ def build_service(
         endpoint = _endpoint(reactor, description)
         # The ::1 half of the loopback pair is skipped where there is no IPv6.
         optional = settings.default_listen and description.startswith("tcp6:")
-        listener(endpoint, site, description, optional).setServiceParent(root)
+        listening = listener(endpoint, site, description, optional)
+        listening.setServiceParent(root)  # type: ignore[no-untyped-call]
     startup.setServiceParent(root)  # type: ignore[no-untyped-call]
     interval = max(1.0, min(10.0, settings.ttl / 20))
-    maintenance(cache, interval, clock).setServiceParent(root)
+    periodic = maintenance(cache, interval, clock)
+    periodic.setServiceParent(root)  # type: ignore[no-untyped-call]
     if settings.no_token:
         log.warn(
             "serving secrets without a token (--no-token): any local process "
