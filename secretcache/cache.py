@@ -27,6 +27,11 @@ REFRESH_WINDOW = 1.0
 # refresh together.
 REFRESH_AHEAD_AT = 0.75
 REFRESH_AHEAD_JITTER = 0.15
+# After a failed background refresh the next one waits this long, doubling
+# with each failure up to the cap (and never past expiry): a hot key must not
+# turn an upstream outage or a 403 into one call per cache hit.
+REFRESH_RETRY_BASE = 1.0
+REFRESH_RETRY_CAP = 30.0
 
 
 class Outcome(enum.Enum):
@@ -46,6 +51,8 @@ class CacheEntry:
     refresh_at: float
     # Read since the last fetch: only entries in use are refreshed ahead.
     read: bool = False
+    # Failed refreshes since the last successful fetch.
+    failures: int = 0
 
 
 @dataclass(slots=True)
@@ -55,6 +62,7 @@ class _Fetch:
     waiters: list[tuple[Deferred[tuple[SecretValue, Outcome]], Outcome]] = field(
         default_factory=list
     )
+    upstream: Deferred[None] | None = None
 
 
 Fetcher = Callable[[SecretKey], "Deferred[SecretValue]"]
@@ -162,14 +170,19 @@ class SecretCache:
         return self.get(key).addCallback(lambda _: None)
 
     def refresh_in_use(self) -> int:
-        """Refresh now every entry read since its last fetch that has reached
-        its refresh-ahead time. Called on a timer, and by the Lambda extension on
-        INVOKE, since timers do not fire while Lambda freezes the process.
-        Returns how many refreshes were started."""
+        """Refresh now every unexpired entry read since its last fetch that has
+        reached its refresh-ahead time. Called on a timer, and by the Lambda
+        extension on INVOKE, since timers do not fire while Lambda freezes the
+        process. An expired entry is left to the next request that wants it:
+        nobody may read it again. Returns how many refreshes were started."""
         now = self._clock.seconds()
         started = 0
         for key, entry in list(self._entries.items()):
-            if entry.read and now >= entry.refresh_at and key not in self._in_flight:
+            if (
+                entry.read
+                and entry.refresh_at <= now < entry.expires_at
+                and key not in self._in_flight
+            ):
                 self._refresh_ahead(key)
                 started += 1
         return started
@@ -187,6 +200,13 @@ class SecretCache:
         if dead:
             self._observer.evicted(len(dead))
         return len(dead)
+
+    def stop(self) -> None:
+        """Cancel every fetch in flight (their waiters fail): at shutdown, once
+        requests have had their grace, so no timer or socket outlives us."""
+        for fetch in list(self._in_flight.values()):
+            if fetch.upstream is not None:
+                fetch.upstream.cancel()
 
     def _refresh_ahead(self, key: SecretKey) -> None:
         self._observer.refreshed_ahead()
@@ -208,7 +228,7 @@ class SecretCache:
             d = self._fetch(key)
         except Exception:
             d = fail()
-        d.addCallbacks(
+        fetch.upstream = d.addCallbacks(
             lambda value: self._fetched(key, fetch, value),
             lambda failure: self._failed(key, fetch, failure),
         )
@@ -250,11 +270,18 @@ class SecretCache:
             and entry is not None
             and now < entry.expires_at + self._stale_if_error
         )
-        if entry is not None and not error.transient:
+        if entry is not None and not error.transient and now >= entry.expires_at:
             # Not found, access denied and the like are authoritative: the held
             # value must not be served again once it expires.
-            if now >= entry.expires_at:
-                del self._entries[key]
+            del self._entries[key]
+        elif entry is not None:
+            delay = min(
+                REFRESH_RETRY_CAP, REFRESH_RETRY_BASE * 2 ** min(entry.failures, 8)
+            )
+            entry.failures += 1
+            # Jittered like the refresh point itself, so keys do not retry in step.
+            delay *= 1.0 + self._jitter()
+            entry.refresh_at = min(entry.expires_at, now + delay)
         if not fetch.waiters:
             self.log.info(
                 "background refresh failed: {code}",

@@ -219,6 +219,7 @@ def build_service(
         api.resource(),
         max_connections=settings.max_connections,
         clock=clock,
+        legacy_errors=settings.legacy_errors,
         parsePOSTFormSubmission=False,
     )
     site.noisy = False
@@ -230,7 +231,11 @@ def build_service(
 
     root = SecretcacheService(
         log_observer,
-        on_stop=[lambda: site.drain(root.shutdown_grace), pool.closeCachedConnections],
+        on_stop=[
+            lambda: site.drain(root.shutdown_grace),
+            cache.stop,
+            pool.closeCachedConnections,
+        ],
         stop_reactor=(lambda: threads.callFromThread(reactor.stop))
         if handle_signals
         else None,

@@ -220,6 +220,56 @@ class CacheTests(SynchronousTestCase):
         self.assertEqual(self.cache.refresh_in_use(), 1)
         self.assertEqual(self.fetches.pending[0][0], KEY)
 
+    def test_failed_background_refresh_backs_off_instead_of_retrying_per_hit(
+        self,
+    ) -> None:
+        self.cache.get(KEY)
+        self.fetches.answer("s1")
+        self.clock.advance(300 * 0.8)
+        self.cache.lookup(KEY)  # starts the refresh-ahead
+        self.fetches.fail(from_upstream(400, "AccessDeniedException", "no"))
+        # A hot key: a hundred hits within the next second start nothing.
+        for _ in range(100):
+            self.clock.advance(0.01)
+            self.assertEqual(self.text(self.cache.get(KEY)), ("s1", b"hit"))
+        self.assertEqual(self.fetches.count, 2)
+        # Past the first back-off (1 s; jitter 0 here) the next hit retries,
+        # and a second failure doubles the wait.
+        self.clock.advance(0.01)
+        self.cache.lookup(KEY)
+        self.assertEqual(self.fetches.count, 3)
+        self.fetches.fail(upstream_failure("down"))
+        self.clock.advance(1.5)
+        self.cache.lookup(KEY)
+        self.assertEqual(self.fetches.count, 3)
+        self.clock.advance(0.6)
+        self.cache.lookup(KEY)
+        self.assertEqual(self.fetches.count, 4)
+        self.fetches.answer("s2")
+        self.assertEqual(self.text(self.cache.get(KEY)), ("s2", b"hit"))
+
+    def test_refresh_in_use_leaves_expired_entries_alone(self) -> None:
+        self.cache.get(KEY)
+        self.fetches.answer("s1")
+        self.cache.lookup(KEY)
+        self.clock.advance(301)
+        # Kept for stale-if-error, but nobody asked for it since it expired.
+        self.assertEqual(self.cache.refresh_in_use(), 0)
+        self.assertEqual(self.fetches.count, 1)
+
+    def test_stop_cancels_fetches_in_flight_and_fails_their_waiters(self) -> None:
+        cancelled: list[SecretKey] = []
+
+        def fetch(key: SecretKey) -> Deferred[SecretValue]:
+            return Deferred(lambda _: cancelled.append(key))
+
+        cache = SecretCache(fetch, self.clock)
+        waiting = cache.get(KEY)
+        cache.stop()
+        self.assertEqual(cancelled, [KEY])
+        self.failureResultOf(waiting, SecretcacheError)
+        self.assertEqual(cache.in_flight, 0)
+
     def test_purge_drops_entries_past_the_stale_window(self) -> None:
         self.cache.get(KEY)
         self.fetches.answer("s1")
