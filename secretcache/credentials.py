@@ -36,8 +36,10 @@ class ICredentialSource(Interface):
     def get() -> Deferred[AWSCredentials]:
         """Credentials good for signing now; fails with ``SecretcacheError``."""
 
-    def invalidate() -> None:
-        """Forget what is held: the next ``get`` resolves the chain anew."""
+    def invalidate(refused: AWSCredentials) -> None:
+        """Secrets Manager refused ``refused`` as expired: unless they have
+        been replaced already, forget them, so the next ``get`` resolves the
+        chain anew."""
 
 
 class _BotocoreCredentials(Protocol):
@@ -69,6 +71,9 @@ class BotocoreCredentialSource:
         self._credentials: _BotocoreCredentials | None = None
         self._frozen: AWSCredentials | None = None
         self._pending: list[Deferred[AWSCredentials]] | None = None
+        # Bumped by invalidate(): a resolution that began before it may hand
+        # back the very keys that were refused.
+        self._generation = 0
         self.resolved = False
 
     def get(self) -> Deferred[AWSCredentials]:
@@ -92,9 +97,15 @@ class BotocoreCredentialSource:
 
     def _start_resolution(self, waiters: list[Deferred[AWSCredentials]]) -> None:
         self._pending = waiters
-        self._run_in_thread(self._resolve_blocking).addBoth(self._resolved)
+        self._run_in_thread(self._resolve_blocking).addBoth(
+            self._resolved, self._generation
+        )
 
-    def invalidate(self) -> None:
+    def invalidate(self, refused: AWSCredentials) -> None:
+        if self._frozen is not None and self._frozen is not refused:
+            # Another request's refusal already had these replaced.
+            return
+        self._generation += 1
         self._credentials = None
         self._frozen = None
 
@@ -106,8 +117,13 @@ class BotocoreCredentialSource:
                 raise _NoCredentials()
         return held, _freeze(held.get_frozen_credentials())
 
-    def _resolved(self, result: Any) -> None:
+    def _resolved(self, result: Any, generation: int) -> None:
         waiters, self._pending = self._pending or [], None
+        if generation != self._generation:
+            # Invalidated while this ran: resolve again for those waiting.
+            if waiters:
+                self._start_resolution(waiters)
+            return
         if isinstance(result, tuple):
             self._credentials, frozen = result
             self._frozen = frozen

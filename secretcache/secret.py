@@ -134,8 +134,15 @@ def parse_secret_value(body: bytes, key: SecretKey) -> SecretValue:
             raise unparseable("SecretBinary is not valid base64") from None
     if secret_string is None and binary is None:
         raise unparseable("it holds neither SecretString nor SecretBinary")
-    if not _is_same_secret(key.secret_id, arn, name) or (
-        key.version_id is not None and key.version_id != version_id
+    if (
+        not _is_same_secret(key.secret_id, arn, name)
+        or (key.version_id is not None and key.version_id != version_id)
+        or (
+            # An answer that lists its stages must list the one asked for.
+            key.version_stage is not None
+            and "VersionStages" in document
+            and key.version_stage not in stages
+        )
     ):
         # Never hand a client a secret other than the one it asked for, even if
         # something between us and Secrets Manager mixes answers up.

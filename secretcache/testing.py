@@ -38,7 +38,7 @@ class FakeCredentialSource:
             return fail(upstream_failure("could not resolve AWS credentials (test)"))
         return succeed(self.credentials)
 
-    def invalidate(self) -> None:
+    def invalidate(self, refused: AWSCredentials) -> None:
         self.invalidated += 1
 
 

@@ -7,27 +7,28 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
-import treq
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet import protocol
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.error import (
     ConnectError,
     ConnectingCancelledError,
     DNSLookupError,
 )
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseFailed
+from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 from secretcache._version import __version__
-from secretcache.credentials import ICredentialSource
+from secretcache.credentials import AWSCredentials, ICredentialSource
 from secretcache.errors import (
     SecretcacheError,
     from_upstream,
@@ -126,14 +127,20 @@ class SecretsManagerClient:
         refreshed_credentials = False
         while True:
             attempt += 1
+            credentials: AWSCredentials | None = None
             try:
-                return await self._attempt(key)
+                credentials = await self._credentials.get()
+                return await self._attempt(key, credentials)
             except SecretcacheError as error:
-                if error.retry_credentials and not refreshed_credentials:
+                if (
+                    error.retry_credentials
+                    and credentials is not None
+                    and not refreshed_credentials
+                ):
                     # Our session token expired under us: resolve the chain
                     # anew and try once more, whatever the attempt count.
                     refreshed_credentials = True
-                    self._credentials.invalidate()
+                    self._credentials.invalidate(credentials)
                     attempt -= 1
                     continue
                 if not error.transient or attempt >= self._max_attempts:
@@ -148,8 +155,9 @@ class SecretsManagerClient:
                 )
                 await deferLater(self._clock, delay)
 
-    async def _attempt(self, key: SecretKey) -> SecretValue:
-        credentials = await self._credentials.get()
+    async def _attempt(
+        self, key: SecretKey, credentials: AWSCredentials
+    ) -> SecretValue:
         started = self._clock.seconds()
         body = json.dumps(key.request_body()).encode()
         request = AWSRequest(
@@ -173,7 +181,13 @@ class SecretsManagerClient:
         try:
             status, answer = await sent
         except Exception as e:
-            error = self._transport_error(e, timed_out=not timer.active())
+            timed_out = not timer.active()
+            if not timed_out and _is_cancellation(e):
+                # Cancelled from outside (the request timeout, or the server
+                # stopping): no retry, whatever the attempt count.
+                self._observer.attempt("timeout", self._clock.seconds() - started)
+                raise CancelledError() from None
+            error = self._transport_error(e, timed_out=timed_out)
             self._observer.attempt(
                 "timeout" if error.status == 504 else "error",
                 self._clock.seconds() - started,
@@ -236,22 +250,57 @@ def _describe(error: Exception) -> str:
     return type(error).__name__
 
 
+def _is_cancellation(error: Exception) -> bool:
+    """Whether a failed request failed because its Deferred was cancelled
+    (Twisted's client wraps the CancelledError in its own exceptions)."""
+    if isinstance(error, CancelledError | ConnectingCancelledError):
+        return True
+    reasons = getattr(error, "reasons", None) or ()
+    return any(isinstance(getattr(r, "value", None), CancelledError) for r in reasons)
+
+
 def _read_answer(response: IResponse) -> Deferred[tuple[int, bytes]]:
     length = response.length
     if isinstance(length, int) and length > MAX_ANSWER_BYTES:
         response.deliverBody(_Discard())
         raise _TooLarge()
-    chunks: list[bytes] = []
-    size = [0]
+    reader = _AnswerReader()
+    response.deliverBody(reader)
+    return reader.done.addCallback(lambda body: (response.code, body))
 
-    def collect(data: bytes) -> None:
-        size[0] += len(data)
-        if size[0] > MAX_ANSWER_BYTES:
-            raise _TooLarge()
-        chunks.append(data)
 
-    d: Deferred[None] = treq.collect(response, collect)
-    return d.addCallback(lambda _: (response.code, b"".join(chunks)))
+class _AnswerReader(protocol.Protocol):
+    """Collects an answer's body up to ``MAX_ANSWER_BYTES``. Cancelling
+    ``done`` (the attempt's timeout) drops the connection: a peer that stalls
+    mid-body must not keep a socket open, nor hand it back to the pool."""
+
+    def __init__(self) -> None:
+        self.done: Deferred[bytes] = Deferred(lambda _: self._drop())
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def _drop(self) -> None:
+        if self.transport is not None:
+            cast(IPushProducer, self.transport).stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self._size += len(data)
+        if self._size > MAX_ANSWER_BYTES:
+            self._chunks = []
+            self._drop()
+            self.done.errback(_TooLarge())
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self._chunks))
+        else:
+            self.done.errback(reason)
 
 
 class _Discard:

@@ -255,7 +255,13 @@ class CredentialSourceTests(SynchronousTestCase):
         self.now = [0.0]
         self.botocore = FakeBotocoreCredentials(self.now, expiry=3600)
         self.threads = ManualThreads()
-        self.source = BotocoreCredentialSource(lambda: self.botocore, self.threads)
+        self.resolutions = 0
+
+        def resolve() -> FakeBotocoreCredentials:
+            self.resolutions += 1
+            return self.botocore
+
+        self.source = BotocoreCredentialSource(resolve, self.threads)
         first = self.source.get()
         self.threads.run()
         self.assertEqual(self.successResultOf(first).access_key, "AKID0")
@@ -285,11 +291,36 @@ class CredentialSourceTests(SynchronousTestCase):
         )
 
     def test_invalidate_resolves_anew(self) -> None:
-        self.source.invalidate()
+        self.source.invalidate(self.successResultOf(self.source.get()))
         d = self.source.get()
         self.assertNoResult(d)
         self.threads.run()
         self.successResultOf(d)
+        self.assertEqual(self.resolutions, 2)
+
+    def test_a_second_refusal_of_replaced_keys_keeps_the_new_ones(self) -> None:
+        old = self.successResultOf(self.source.get())
+        self.source.invalidate(old)
+        d = self.source.get()
+        self.threads.run()
+        new = self.successResultOf(d)
+        # Another request signed with the old keys is refused too, later.
+        self.source.invalidate(old)
+        self.assertIs(self.successResultOf(self.source.get()), new)
+        self.assertEqual((self.resolutions, self.threads.queued), (2, []))
+
+    def test_a_resolution_begun_before_invalidate_is_not_handed_out(self) -> None:
+        self.now[0] = 3600 - 800  # advisory window: a background refresh starts
+        held = self.successResultOf(self.source.get())
+        self.assertEqual(len(self.threads.queued), 1)
+        self.source.invalidate(held)
+        d = self.source.get()
+        self.threads.run()  # the earlier resolution ends: resolved once more
+        self.assertNoResult(d)
+        self.assertEqual(len(self.threads.queued), 1)
+        self.threads.run()
+        self.successResultOf(d)
+        self.assertEqual(self.resolutions, 3)
 
     def test_failure_is_a_transient_error_that_names_no_secret(self) -> None:
         source = BotocoreCredentialSource(lambda: None, self.threads)

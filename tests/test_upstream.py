@@ -4,15 +4,21 @@ the signed request, parsing, the error mapping, retries and timeouts."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from treq.testing import StubTreq
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.interfaces import IAddress, IReactorTCP, IReactorTime
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.task import Clock, deferLater
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Request
 
 from secretcache._version import __version__
@@ -176,6 +182,19 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual(error.status, 502)
         self.assertNotIn("not yours", error.message)
 
+    def test_answer_without_the_stage_asked_for_is_refused(self) -> None:
+        # The fake answers with the secret's own stages, whatever was asked.
+        self.upstream.put(
+            StoredSecret("staged", string="current value", stages=["AWSCURRENT"])
+        )
+        error = self.error(self.fetch(SecretKey("staged", version_stage="AWSPENDING")))
+        self.assertEqual((error.status, error.code), (502, "UpstreamError"))
+        self.assertIn("different secret", error.message)
+        value = self.successResultOf(
+            self.fetch(SecretKey("staged", version_stage="AWSCURRENT"))
+        )
+        self.assertEqual(value.raw_body, b"current value")
+
     def test_malformed_success_answers_are_502(self) -> None:
         for body in (
             b"not json",
@@ -261,3 +280,62 @@ class ClientTests(SynchronousTestCase):
         self.assertNotIn(
             "secret", repr(self.credentials.credentials).replace("AWSCredentials", "")
         )
+
+
+class _StallingServer(Protocol):
+    """Starts a 200 answer, sends a tenth of its body, then says nothing."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def dataReceived(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data and self.transport is not None:
+            self.events.append("answering")
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"{" * 10
+            )
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.events.append("closed")
+
+
+class _StallingFactory(ServerFactory):
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        return _StallingServer(self.events)
+
+
+class StalledAnswerTests(TestCase):
+    """Over a real loopback connection, with the real reactor."""
+
+    async def test_a_peer_stalling_mid_answer_is_timed_out_and_disconnected(
+        self,
+    ) -> None:
+        from treq.client import HTTPClient
+
+        factory = _StallingFactory()
+        port = cast(IReactorTCP, reactor).listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        self.addCleanup(pool.closeCachedConnections)
+        clock = cast(IReactorTime, reactor)
+        client = SecretsManagerClient(
+            http=HTTPClient(Agent(reactor, pool=pool)),
+            credentials=FakeCredentialSource(),
+            endpoint_url=f"http://127.0.0.1:{cast(IPv4Address, port.getHost()).port}",
+            region="us-east-1",
+            clock=clock,
+            upstream_timeout=0.2,
+            max_attempts=1,
+        )
+        with self.assertRaises(SecretcacheError) as raised:
+            await client.get_secret_value(DB)
+        self.assertEqual(raised.exception.code, "UpstreamTimeout")
+        # The half-answered connection is dropped, not left open or pooled.
+        for _ in range(40):
+            if "closed" in factory.events:
+                break
+            await deferLater(clock, 0.05)
+        self.assertEqual(factory.events, ["answering", "closed"])
