@@ -28,6 +28,7 @@ from secretcache.errors import (
     SecretcacheError,
     access_denied,
     forwarded_request,
+    internal_error,
     invalid_parameter,
     method_not_allowed,
     not_found_route,
@@ -480,8 +481,16 @@ def _rendered(request: IRequest, result: bytes | Deferred[bytes]) -> Any:
             request.finish()
 
     def failed(failure: Failure) -> None:
-        if not done:
-            SecretcacheAPI.log.failure("while answering", failure)
+        if done:
+            return
+        SecretcacheAPI.log.failure("while answering", failure)
+        done.append(True)
+        if cast(Request, request).startedWriting:
+            cast(Request, request).channel.loseConnection()
+            return
+        body = internal_error().body()
+        request.write(_send(request, 500, body, JSON, _NO_STORE))
+        request.finish()
 
     result.addCallback(write).addErrback(failed)
     return NOT_DONE_YET

@@ -104,6 +104,13 @@ def too_many_connections() -> SecretcacheError:
     )
 
 
+def internal_error() -> SecretcacheError:
+    """A bug of ours: the client still gets an answer, the log the details."""
+    return SecretcacheError(
+        500, "InternalError", "internal error in secretcache; see its log"
+    )
+
+
 def upstream_timeout(message: str) -> SecretcacheError:
     return SecretcacheError(504, "UpstreamTimeout", message, transient=True)
 

@@ -69,6 +69,10 @@ def serve(
         )
     except ConfigError as e:
         # Only what needs botocore is checked this late (region, endpoint).
+        # Stop listening first: a bad configuration must not leave clients
+        # connecting to a port that never answers.
+        for sock in sockets:
+            sock.close()
         log.error("cannot start: {error}", error=str(e))
 
         from twisted.internet.defer import Deferred

@@ -206,11 +206,12 @@ class Startup(Service):
 
     def problem(self) -> str | None:
         """Why the server is not ready, or None."""
+        # Every probe asks: credentials that are held answer at once, and ones
+        # that lapsed or failed to refresh start a resolution in the
+        # background whose outcome this probe or a later one sees.
+        self.check_credentials()
         if not self._credentials_ok:
-            # Try again in the background; a later probe sees the outcome.
-            self.check_credentials()
-            if not self._credentials_ok:
-                return "AWS credentials are not resolved yet"
+            return "AWS credentials are not resolved"
         if not self.prefetched:
             return "prefetch has not finished"
         return None

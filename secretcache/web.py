@@ -95,6 +95,13 @@ class _Refusal(Protocol):
         if b"\n" not in self._buffer and len(self._buffer) < _PEEK_LIMIT:
             return
         line = self._buffer.split(b"\n", 1)[0]
+        if self._site.legacy_errors and _is_legacy_route(line):
+            # --legacy-errors: the Go server's clients fall back to calling
+            # Secrets Manager themselves only when the connection fails.
+            self.abort()
+            self._answered = True
+            self._buffer = b""
+            return
         if line.startswith((b"GET /ping ", b"HEAD /ping ")):
             status, body, content_type = (
                 b"200 OK",
@@ -123,6 +130,16 @@ class _Refusal(Protocol):
         self._buffer = b""
 
 
+def _is_legacy_route(request_line: bytes) -> bool:
+    parts = request_line.split(b" ")
+    if len(parts) < 2:
+        return False
+    target = parts[1]
+    if b"://" in target:  # an absolute-form target: drop scheme and authority
+        target = b"/" + target.split(b"://", 1)[1].partition(b"/")[2]
+    return target.split(b"?", 1)[0] == b"/cache"
+
+
 class SecretcacheSite(Site):
     """A ``Site`` with a bound on open connections and no Common Log Format
     file: the access log, when wanted, is written by the API's observer."""
@@ -137,11 +154,13 @@ class SecretcacheSite(Site):
         *,
         max_connections: int,
         clock: IReactorTime,
+        legacy_errors: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(resource, reactor=clock, **kwargs)  # type: ignore[no-untyped-call]
         self.clock = clock
         self.max_connections = max_connections
+        self.legacy_errors = legacy_errors
         self.open_connections = 0
         # Insertion-ordered: the oldest refusal first.
         self.refusing: dict[_Refusal, None] = {}

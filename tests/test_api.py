@@ -7,7 +7,7 @@ import json
 from typing import Any, Protocol, cast
 
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import IResource
@@ -342,3 +342,34 @@ class ParsedRequestMemoryTests(APITestCase):
             self.get(f"/secretsmanager/get?secretId=missing-{i}")
         self.assertLessEqual(len(self.api._parsed_requests), 256)
         self.assertEqual(self.get("/secretsmanager/get?secretId=db").status, 200)
+
+
+class _BrokenCache:
+    """A cache with a bug: every fetch fails with something unexpected."""
+
+    def lookup(self, key: object) -> None:
+        return None
+
+    def get(self, key: object, refresh: bool = False) -> Deferred[Any]:
+        return fail(RuntimeError("a bug, not an upstream error"))
+
+
+class UnexpectedFailureTests(SynchronousTestCase):
+    def test_a_bug_is_answered_500_at_once_not_left_hanging(self) -> None:
+        api = SecretcacheAPI(
+            cast(SecretCache, _BrokenCache()),
+            token=Token(TOKEN, "test"),
+            legacy_errors=False,
+            readiness=lambda: None,
+        )
+        stub = stub_treq(api.resource())
+        d = stub.request(
+            "GET", "http://127.0.0.1:8015/secretsmanager/get?secretId=db", headers=AUTH
+        )
+        stub.flush()
+        response = self.successResultOf(d)
+        body = self.successResultOf(response.content())
+        self.assertEqual(response.code, 500)
+        self.assertEqual(json.loads(body)["__type"], "InternalError")
+        self.assertNotIn(b"a bug", body)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

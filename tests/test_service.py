@@ -1,5 +1,5 @@
-"""The small services: listeners (required and optional) and the periodic
-maintenance tick, on fakes and a fake clock."""
+"""The small services: listeners (required and optional), readiness and the
+periodic maintenance tick, on fakes and a fake clock."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from secretcache.service import Listener, Periodic
+from secretcache.cache import SecretCache
+from secretcache.secret import SecretKey, SecretValue
+from secretcache.service import Listener, Periodic, Startup
+from secretcache.testing import FakeCredentialSource
 
 
 @implementer(IListeningPort)
@@ -89,3 +92,20 @@ class PeriodicTests(SynchronousTestCase):
         clock.advance(10)
         self.assertEqual(ticks, [5.0, 10.0])
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class ReadinessTests(SynchronousTestCase):
+    def test_ready_turns_503_when_credentials_stop_resolving_and_back(self) -> None:
+        def no_fetch(key: SecretKey) -> Deferred[SecretValue]:
+            return Deferred()
+
+        credentials = FakeCredentialSource()
+        startup = Startup(SecretCache(no_fetch, Clock()), credentials, ())
+        startup.startService()
+        self.assertIsNone(startup.problem())
+        # The credentials endpoint goes away after start (IMDS, ECS agent).
+        credentials.broken = True
+        self.assertEqual(startup.problem(), "AWS credentials are not resolved")
+        credentials.broken = False
+        self.assertIsNone(startup.problem())
+        startup.stopService()

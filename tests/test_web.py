@@ -88,6 +88,23 @@ class ConnectionLimitTests(SynchronousTestCase):
         newest.send(b"/ping")
         self.assertTrue(newest.transport.value().endswith(b"healthy"))
 
+    def test_legacy_errors_close_a_refused_cache_request_without_an_answer(
+        self,
+    ) -> None:
+        site = SecretcacheSite(
+            self.resource, max_connections=0, clock=self.clock, legacy_errors=True
+        )
+        for target in (b"/cache?name=db", b"http://localhost:8015/cache?name=db"):
+            extra = Connection(site)
+            extra.send(target)
+            self.assertEqual(extra.transport.value(), b"")
+            self.assertTrue(extra.closed)
+        # The AWS dialect still gets its 429.
+        aws = Connection(site)
+        aws.send(b"/secretsmanager/get?secretId=db")
+        self.assertTrue(aws.transport.value().startswith(b"HTTP/1.1 429 "))
+        self.assertEqual(site.refused, 3)
+
     def test_silent_refusal_is_dropped_after_two_seconds(self) -> None:
         silent = Connection(self.site)
         self.clock.advance(1.9)
