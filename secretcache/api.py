@@ -452,12 +452,22 @@ class _FrontDoor(Resource):
         if handler is None and path.startswith(b"/v1/"):
             handler = self._api.aws_v1
         if handler is not None:
-            return _rendered(request, handler(request))
+            return _headless(request, _rendered(request, handler(request)))
         problem = _undecodable(request)
         if problem is None:
-            return self._routed.render(request)
+            return _headless(request, self._routed.render(request))
         started = self._api._now()
-        return self._api._error(request, "unknown", problem, started)
+        return _headless(
+            request, self._api._error(request, "unknown", problem, started)
+        )
+
+
+def _headless(request: IRequest, body: Any) -> Any:
+    # A HEAD answer keeps the headers (Content-Length included) and drops the
+    # body here: twisted.web would drop it too, after logging the URI.
+    if request.method == b"HEAD" and isinstance(body, bytes):
+        return b""
+    return body
 
 
 def _rendered(request: IRequest, result: bytes | Deferred[bytes]) -> Any:

@@ -391,7 +391,32 @@ def parse_listener(text: str) -> str:
         port = (positional or ports or [""])[0]
         if not re.fullmatch(r"\d{1,5}", port) or int(port) > 65535:
             raise ValueError("expected a port from 0 to 65535")
+        if len(positional) + len(ports) > 1:
+            raise ValueError("more than one port given")
+        for part in parts[1:]:
+            name, eq, value = part.partition("=")
+            if not eq:
+                continue
+            if kind != "ssl" and name not in _TCP_OPTIONS:
+                raise ValueError(
+                    f"unknown {kind} option {echo(name)}; "
+                    "use port, interface or backlog"
+                )
+            if name == "interface":
+                try:
+                    ipaddress.ip_address(value)
+                except ValueError:
+                    raise ValueError(
+                        f"interface {echo(value)} is not an IP address"
+                    ) from None
+            elif name == "backlog" and not (
+                re.fullmatch(r"\d{1,5}", value) and 0 < int(value) <= 65535
+            ):
+                raise ValueError("backlog must be a number from 1 to 65535")
     return text
+
+
+_TCP_OPTIONS = frozenset({"port", "interface", "backlog"})
 
 
 @dataclass(frozen=True)

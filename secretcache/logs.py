@@ -78,10 +78,15 @@ def make_observer(level: str, fmt: str, stream: IO[str]) -> ILogObserver:
     predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
     # The connection pool's factories announce every upstream connection at
     # info level; that is noise, not an event an operator acts on.
-    predicate.setLogLevelForNamespace(
+    # twisted.web's Request puts its repr, and so the URI with the secret id,
+    # into its info events: those are for debugging, like our own ids.
+    for namespace in (
         "twisted.web.client._HTTP11ClientFactory",
-        max(LEVELS[level], LogLevel.warn, key=_rank),
-    )
+        "twisted.web.server.Request",
+    ):
+        predicate.setLogLevelForNamespace(
+            namespace, max(LEVELS[level], LogLevel.warn, key=_rank)
+        )
     return FilteringLogObserver(inner, [predicate])
 
 

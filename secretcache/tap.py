@@ -24,6 +24,7 @@ from secretcache.config import (
     OPTIONS,
     ConfigError,
     Settings,
+    echo,
     help_text,
     load_settings,
     tcp_listener,
@@ -114,8 +115,16 @@ def _endpoint(reactor: Any, description: str) -> Any:
         return kind(reactor, tcp.port, tcp.backlog, tcp.interface)
     try:
         return serverFromString(reactor, description)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"invalid listener {description!r}: {e}") from None
+    except Exception as e:
+        # Twisted's parsers fail in many ways (a missing certificate file
+        # for ssl:, no inherited socket for systemd:); name the kind only.
+        reason = None
+        if isinstance(e, OSError) and e.strerror:
+            reason = e.strerror + (f" ({echo(e.filename)})" if e.filename else "")
+        raise ConfigError(
+            f"invalid listener (--port / SECRETCACHE_PORT) {echo(description)}: "
+            + (reason or f"Twisted cannot use it ({type(e).__name__})")
+        ) from None
 
 
 def build_service(

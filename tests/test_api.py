@@ -9,6 +9,7 @@ from typing import Any, Protocol, cast
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import IResource
 
@@ -291,6 +292,17 @@ class LegacyDialectTests(APITestCase):
         ]
         self.assertEqual(outcomes, ["refresh", "refresh"])
         self.assertEqual(len(self.upstream.calls), 2)
+
+    def test_head_gets_the_headers_without_a_body_and_logs_no_uri(self) -> None:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.request("GET", "/cache?name=db", headers=AUTH)  # a hit next
+        head = self.request("HEAD", "/cache?name=db", headers=AUTH)
+        self.assertEqual((head.status, head.body), (200, b""))
+        self.assertEqual(head.header("x-secretcache-cache"), "hit")
+        self.assertEqual(head.header("cache-control"), "no-store")
+        self.assertEqual([e for e in events if "name=db" in repr(e)], [])
 
     def test_any_method_and_unknown_and_repeated_parameters(self) -> None:
         answer = self.request(

@@ -188,6 +188,11 @@ class BadValueTests(SynchronousTestCase):
             (["--max-connections", "x"], {}, "--max-connections"),
             (["--port", "tcp:99999"], {}, "--port", "65535"),
             (["--port", "carrier-pigeon:1"], {}, "--port", "unknown endpoint type"),
+            (["--port", "tcp:8015:bogus=1"], {}, "--port", "unknown tcp option"),
+            (["--port", "tcp:1:interface=256.1.1.1"], {}, "--port", "not an IP"),
+            (["--port", "tcp:1:interface=localhost"], {}, "--port", "not an IP"),
+            (["--port", "tcp6:1:backlog=-1"], {}, "--port", "backlog"),
+            (["--port", "tcp:1:port=2"], {}, "--port", "more than one port"),
             ([], {"SECRETCACHE_PORT": ","}, "SECRETCACHE_PORT"),
             (
                 [],

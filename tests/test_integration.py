@@ -248,6 +248,16 @@ class StartupTests(SynchronousTestCase):
             "expected seconds or a duration such as 90s, 5m, 1h30m",
         )
 
+    def test_endpoints_twisted_cannot_use_stop_start_with_one_line(self) -> None:
+        # ssl: wants a certificate file; systemd: a socket passed in by systemd.
+        for port in ("ssl:0:privateKey=/nonexistent/key.pem", "systemd:domain=INET"):
+            result = self.run_cli({"SECRETCACHE_TOKEN": TOKEN}, "--port", port)
+            self.assertEqual(result.returncode, 2, result.stderr)
+            lines = result.stderr.strip().splitlines()
+            self.assertEqual(len(lines), 1, result.stderr)
+            self.assertIn("invalid listener (--port / SECRETCACHE_PORT)", lines[0])
+            self.assertNotIn("Traceback", result.stderr)
+
     def test_no_token_on_all_interfaces_is_refused(self) -> None:
         result = self.run_cli({}, "--no-token", "--port", "tcp:0")
         self.assertEqual(result.returncode, 2)

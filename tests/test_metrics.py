@@ -199,3 +199,17 @@ class JSONLogTests(APITestCase):
             )
         self.assertNotIn("info from the pool", out.getvalue())
         self.assertIn("warn from the pool", out.getvalue())
+
+    def test_web_request_info_events_naming_the_uri_are_dropped(self) -> None:
+        out = io.StringIO()
+        observer = make_observer("info", "text", out)
+        observer(
+            {
+                "log_format": "Warning: HEAD request {uri}",
+                "log_level": LogLevel.info,
+                "log_namespace": "twisted.web.server.Request",
+                "log_time": 0.0,
+                "uri": "/cache?name=prod/db",
+            }
+        )
+        self.assertEqual(out.getvalue(), "")
