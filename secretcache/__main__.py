@@ -6,6 +6,10 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from secretcache.config import Settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,7 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_server(args)
 
 
-def run_server(args: list[str]) -> int:
+def settings_or_exit(args: list[str]) -> Settings:
+    """The settings for these arguments and the environment, or one line on
+    stderr and exit status 2."""
     from twisted.python import usage
 
     from secretcache.tap import Options, fail, settings_or_exit
@@ -28,7 +34,14 @@ def run_server(args: list[str]) -> int:
         options.parseOptions(args)  # type: ignore[no-untyped-call]
     except usage.UsageError as e:
         fail(f"{e} (see --help)")
-    settings = settings_or_exit(options, os.environ)
+    return settings_or_exit(options, os.environ)
+
+
+def run_server(args: list[str], settings: Settings | None = None) -> int:
+    from secretcache.tap import fail
+
+    if settings is None:
+        settings = settings_or_exit(args)
 
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner

@@ -160,6 +160,8 @@ def _send(
 
 
 _NO_STORE = {b"cache-control": b"no-store"}
+# Every route that answers 405 takes GET only (/cache takes any method).
+_NO_STORE_ALLOW_GET = {**_NO_STORE, b"allow": b"GET"}
 
 
 class SecretcacheAPI:
@@ -296,8 +298,7 @@ class SecretcacheAPI:
     @app.handle_errors(Exception)
     def internal_error(self, request: IRequest, failure: Failure) -> bytes:
         self.log.failure("unexpected error answering a request", failure)
-        error = SecretcacheError(500, "InternalFailure", "internal error")
-        return self._error(request, "unknown", error, self._now())
+        return self._error(request, "unknown", internal_error(), self._now())
 
     # The checks.
 
@@ -372,7 +373,8 @@ class SecretcacheAPI:
         self._observer.answered(
             route, request.method, error.status, None, self._now() - started
         )
-        return _send(request, error.status, error.body(), JSON, _NO_STORE)
+        headers = _NO_STORE_ALLOW_GET if error.status == 405 else _NO_STORE
+        return _send(request, error.status, error.body(), JSON, headers)
 
     def _legacy_error(
         self, request: IRequest, route: str, error: SecretcacheError, started: float

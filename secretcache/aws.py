@@ -52,7 +52,14 @@ def resolve_upstream(
                 "the shared config file, or --region"
             )
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", region):
-            raise ConfigError(f"invalid AWS region {echo(region)}")
+            source = (
+                "--region"
+                if settings.region
+                else "AWS_REGION"
+                if environ.get("AWS_REGION")
+                else "AWS_DEFAULT_REGION or the shared config's region"
+            )
+            raise ConfigError(f"invalid AWS region {echo(region)} (from {source})")
         endpoint_url = settings.endpoint_url
         if endpoint_url is None and not session.get_config_variable(
             "ignore_configured_endpoint_urls"
@@ -66,9 +73,19 @@ def resolve_upstream(
                 try:
                     endpoint_url = parse_endpoint_url(configured)
                 except ValueError as e:
+                    source = next(
+                        (
+                            name
+                            for name in (
+                                "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+                                "AWS_ENDPOINT_URL",
+                            )
+                            if environ.get(name)
+                        ),
+                        "the shared config's endpoint_url",
+                    )
                     raise ConfigError(
-                        "invalid configured Secrets Manager endpoint"
-                        f" {echo(configured)}: {e}"
+                        f"invalid {source} value {echo(configured)}: {e}"
                     ) from None
         loader = session.get_component("data_loader")
         rules = loader.load_service_model(SERVICE, "endpoint-rule-set-1")

@@ -341,16 +341,16 @@ def parse_endpoint_url(text: str) -> str:
         port = parts.port
     except ValueError:
         raise ValueError("expected an http:// or https:// URL") from None
-    if (
-        parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or parts.username is not None
-        or parts.query
-        or parts.fragment
-        or _has_control(text)
-        or len(text) > 2048
-    ):
-        raise ValueError("expected an http:// or https:// URL with a host")
+    if parts.scheme not in ("http", "https") or _has_control(text):
+        raise ValueError("expected an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError("the URL has no host")
+    if parts.username is not None:
+        raise ValueError("credentials in the URL are not accepted")
+    if parts.query or parts.fragment:
+        raise ValueError("a query or fragment is not accepted in the URL")
+    if len(text) > 2048:
+        raise ValueError("the URL is longer than 2048 characters")
     del port
     return text
 

@@ -35,41 +35,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import logging
 
+    from secretcache.__main__ import run_server, settings_or_exit
+
+    port = os.environ.get("SECRETCACHE_DEMO_PORT", "8015")
+    if not (port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
+        sys.stderr.write(
+            f"secretcache demo: invalid SECRETCACHE_DEMO_PORT value {port[:32]!r}: "
+            "expected a port number from 1 to 65535\n"
+        )
+        return 2
     # moto's werkzeug server logs every call on stderr; the demo is about ours.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     moto_port = _free_port()
     emulator = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port)
     emulator.start()
-    endpoint = f"http://127.0.0.1:{moto_port}"
-    fake = {
-        "AWS_ACCESS_KEY_ID": "demo",
-        "AWS_SECRET_ACCESS_KEY": "demo",
-        "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL_SECRETS_MANAGER": endpoint,
-    }
-    os.environ.update(fake)
-    os.environ.pop("AWS_SESSION_TOKEN", None)
-    os.environ.pop("AWS_PROFILE", None)
-    # Print the token only when the demo made it up; never echo the user's own.
-    if os.environ.get("SECRETCACHE_TOKEN"):
-        token = "$SECRETCACHE_TOKEN"  # noqa: S105 (shown literally)
-    else:
-        token = os.environ["SECRETCACHE_TOKEN"] = secrets.token_urlsafe(24)
-    boto3.client(
-        "secretsmanager", endpoint_url=endpoint, region_name="us-east-1"
-    ).create_secret(
-        Name=DEMO_SECRET,
-        SecretString=json.dumps(
-            {"username": "demo", "password": "not-a-real-password"}
-        ),
-    )
-    args = list(sys.argv[1:] if argv is None else argv)
-    port = os.environ.get("SECRETCACHE_DEMO_PORT", "8015")
-    if not any(a.startswith(("--port", "-p")) for a in args):
-        args += ["--port", f"tcp:{port}:interface=127.0.0.1"]
-    sys.stdout.write(
-        f"""
+    try:
+        endpoint = f"http://127.0.0.1:{moto_port}"
+        fake = {
+            "AWS_ACCESS_KEY_ID": "demo",
+            "AWS_SECRET_ACCESS_KEY": "demo",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": endpoint,
+        }
+        os.environ.update(fake)
+        os.environ.pop("AWS_SESSION_TOKEN", None)
+        os.environ.pop("AWS_PROFILE", None)
+        # Print the token only when the demo made it up; never echo the
+        # user's own.
+        if os.environ.get("SECRETCACHE_TOKEN"):
+            token = "$SECRETCACHE_TOKEN"  # noqa: S105 (shown literally)
+        else:
+            token = os.environ["SECRETCACHE_TOKEN"] = secrets.token_urlsafe(24)
+        args = list(sys.argv[1:] if argv is None else argv)
+        if not any(a.startswith(("--port", "-p")) for a in args):
+            args += ["--port", f"tcp:{port}:interface=127.0.0.1"]
+        # A bad option stops here, before the instructions are printed.
+        settings = settings_or_exit(args)
+        boto3.client(
+            "secretsmanager", endpoint_url=endpoint, region_name="us-east-1"
+        ).create_secret(
+            Name=DEMO_SECRET,
+            SecretString=json.dumps(
+                {"username": "demo", "password": "not-a-real-password"}
+            ),
+        )
+        sys.stdout.write(
+            f"""
 secretcache demo: an embedded Secrets Manager at {endpoint} holds '{DEMO_SECRET}'.
 In another terminal:
 
@@ -82,12 +94,9 @@ In another terminal:
 Press Ctrl-C to stop.
 
 """
-    )
-    sys.stdout.flush()
-    from secretcache.__main__ import run_server
-
-    try:
-        return run_server(args)
+        )
+        sys.stdout.flush()
+        return run_server(args, settings)
     finally:
         emulator.stop()
 

@@ -107,7 +107,7 @@ def too_many_connections() -> SecretcacheError:
 def internal_error() -> SecretcacheError:
     """A bug of ours: the client still gets an answer, the log the details."""
     return SecretcacheError(
-        500, "InternalError", "internal error in secretcache; see its log"
+        500, "InternalFailure", "internal error in secretcache; see its log"
     )
 
 

@@ -17,9 +17,9 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
-from secretcache.errors import too_many_connections
+from secretcache.errors import SecretcacheError, too_many_connections
 
 # How much of a refused connection's request we read to see whether it is a
 # health check: the request line is enough.
@@ -35,6 +35,21 @@ _REFUSAL_TIMEOUT = 2.0
 SHUTDOWN_GRACE = 1.0
 
 
+class _Request(Request):
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if path[:1] != b"/" and b"://" in path:
+            # The absolute form ("GET http://localhost:8015/ping"), which
+            # RFC 9112 says a server must accept: keep the path and query.
+            rest = path.split(b"://", 1)[1]
+            cut = min(
+                (i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0),
+                default=len(rest),
+            )
+            path = rest[cut:]
+            path = path if path.startswith(b"/") else b"/" + path
+        super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
+
+
 class _CountedChannel(HTTPChannel):
     site: SecretcacheSite
     _host: IAddress | None = None
@@ -46,6 +61,25 @@ class _CountedChannel(HTTPChannel):
         if self._host is None:
             self._host = super().getHost()  # type: ignore[no-untyped-call]
         return self._host
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's own answer to a request it cannot parse is a bare
+        # "400 Bad Request" with no length or body; ours follows the SPEC.
+        self._bad_request("the request is not valid HTTP/1.1")
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # Twisted would close the connection without a word.
+        self._bad_request(f"request line or header longer than {self.MAX_LENGTH} bytes")
+
+    def _bad_request(self, message: str) -> None:
+        if self.transport is None:
+            return
+        body = SecretcacheError(400, "InvalidRequestException", message).body()
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+        )
+        self.loseConnection()  # type: ignore[no-untyped-call]
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.site.open_connections -= 1
@@ -147,6 +181,7 @@ class SecretcacheSite(Site):
     # A plain HTTP/1.1 channel, not Twisted's HTTP/1.1-or-2 wrapper that
     # HTTPFactory's annotation names.
     protocol = _CountedChannel  # type: ignore[assignment]
+    requestFactory = _Request
 
     def __init__(
         self,

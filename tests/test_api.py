@@ -9,7 +9,7 @@ from typing import Any, Protocol, cast
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import IResource
 
@@ -204,6 +204,7 @@ class AWSDialectTests(APITestCase):
                 method, "/secretsmanager/get?secretId=db", headers=AUTH
             )
             self.assertError(answer, 405, "MethodNotAllowed")
+            self.assertEqual(answer.header("allow"), "GET")
 
     def test_upstream_errors_follow_the_table(self) -> None:
         self.assertError(self.get("/v1/missing"), 404, "ResourceNotFoundException")
@@ -295,8 +296,9 @@ class LegacyDialectTests(APITestCase):
 
     def test_head_gets_the_headers_without_a_body_and_logs_no_uri(self) -> None:
         events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         self.request("GET", "/cache?name=db", headers=AUTH)  # a hit next
         head = self.request("HEAD", "/cache?name=db", headers=AUTH)
         self.assertEqual((head.status, head.body), (200, b""))
@@ -382,6 +384,6 @@ class UnexpectedFailureTests(SynchronousTestCase):
         response = self.successResultOf(d)
         body = self.successResultOf(response.content())
         self.assertEqual(response.code, 500)
-        self.assertEqual(json.loads(body)["__type"], "InternalError")
+        self.assertEqual(json.loads(body)["__type"], "InternalFailure")
         self.assertNotIn(b"a bug", body)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

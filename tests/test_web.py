@@ -3,6 +3,8 @@ the connection limit and its refusals, and draining at shutdown."""
 
 from __future__ import annotations
 
+import json
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
@@ -111,6 +113,52 @@ class ConnectionLimitTests(SynchronousTestCase):
         self.assertFalse(silent.closed)
         self.clock.advance(0.2)
         self.assertTrue(silent.closed)
+
+
+class BadRequestTests(SynchronousTestCase):
+    """What Twisted's HTTP parser refuses still gets the SPEC's answer: a
+    length, a JSON error body, then the connection closed."""
+
+    def setUp(self) -> None:
+        self.site = SecretcacheSite(Slow(), max_connections=10, clock=Clock())
+
+    def refused(self, data: bytes) -> dict[str, str]:
+        connection = Connection(self.site)
+        connection.protocol.dataReceived(data)
+        head, _, body = connection.transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 400 "), head)
+        self.assertIn(b"Content-Length: %d" % len(body), head)
+        self.assertIn(b"Content-Type: application/json", head)
+        self.assertTrue(connection.closed)
+        answer: dict[str, str] = json.loads(body)
+        self.assertEqual(answer["__type"], "InvalidRequestException")
+        return answer
+
+    def test_unparseable_requests(self) -> None:
+        for data in (
+            b"NONSENSE\r\n\r\n",
+            b"GET /ping HTTP/1.1\r\nno colon here\r\n\r\n",
+            b"GET /ping HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+        ):
+            self.assertIn("not valid HTTP", self.refused(data)["message"])
+
+    def test_a_line_over_the_limit(self) -> None:
+        answer = self.refused(b"GET /cache?name=" + b"x" * 20000)
+        self.assertIn("longer than 16384 bytes", answer["message"])
+        self.assertNotIn("xxx", answer["message"])
+
+
+class AbsoluteFormTests(SynchronousTestCase):
+    def test_an_absolute_form_target_is_served_as_its_path(self) -> None:
+        resource = Slow()
+        site = SecretcacheSite(resource, max_connections=10, clock=Clock())
+        for target in (b"http://localhost:8015/fast", b"HTTP://[::1]:8015/fast?x=1"):
+            connection = Connection(site)
+            connection.send(target)
+            self.assertTrue(connection.transport.value().endswith(b"fast"), target)
+        connection = Connection(site)
+        connection.send(b"http://localhost:8015?x=1")
+        self.assertEqual(resource.waiting[0].uri, b"/?x=1")
 
 
 class DrainTests(SynchronousTestCase):
