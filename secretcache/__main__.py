@@ -30,6 +30,8 @@ def settings_or_exit(args: list[str]) -> Settings:
     from secretcache.tap import Options, fail, settings_or_exit
 
     options = Options()
+    # twistd prefixes its own usage line; here we are the whole command.
+    options.synopsis = "Usage: python -m secretcache [options]"
     try:
         options.parseOptions(args)  # type: ignore[no-untyped-call]
     except usage.UsageError as e:

@@ -274,6 +274,7 @@ class StartupTests(SynchronousTestCase):
         from secretcache.config import OPTIONS
 
         out = self.run_cli({}, "--help").stdout
+        self.assertTrue(out.startswith("Usage: python -m secretcache [options]\n"))
         for spec in OPTIONS:
             self.assertIn(f"--{spec.name}", out)
             for var in spec.env:
