@@ -49,6 +49,18 @@ class _Request(Request):
             path = path if path.startswith(b"/") else b"/" + path
         super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
 
+    def write(self, data: bytes) -> None:
+        if (
+            not self.startedWriting
+            and self.clientproto != b"HTTP/1.1"
+            and not self.responseHeaders.hasHeader(b"content-length")
+        ):
+            # An HTTP/1.0 keep-alive answer must say its length; without
+            # one, only closing the connection ends it.
+            self.responseHeaders.removeHeader(b"connection")
+            self.channel.persistent = False
+        super().write(data)  # type: ignore[no-untyped-call]
+
 
 class _CountedChannel(HTTPChannel):
     site: SecretcacheSite
@@ -61,6 +73,18 @@ class _CountedChannel(HTTPChannel):
         if self._host is None:
             self._host = super().getHost()  # type: ignore[no-untyped-call]
         return self._host
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        # Twisted closes every HTTP/1.0 connection; ours answer with a
+        # Content-Length, so "Connection: keep-alive" (ab -k, old clients)
+        # can be honoured as HTTP/1.0 defines it.
+        if version == b"HTTP/1.0":
+            tokens = b",".join(request.requestHeaders.getRawHeaders(b"connection", []))
+            if b"keep-alive" in tokens.lower():
+                request.responseHeaders.setRawHeaders(b"connection", [b"keep-alive"])
+                return True
+        persistent: bool = super().checkPersistence(request, version)  # type: ignore[no-untyped-call]
+        return persistent
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # Twisted's own answer to a request it cannot parse is a bare

@@ -161,6 +161,41 @@ class AbsoluteFormTests(SynchronousTestCase):
         self.assertEqual(resource.waiting[0].uri, b"/?x=1")
 
 
+class HTTP10KeepAliveTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.resource = Slow()
+        self.site = SecretcacheSite(self.resource, max_connections=10, clock=Clock())
+
+    def test_keep_alive_is_honoured_when_the_answer_has_a_length(self) -> None:
+        connection = Connection(self.site)
+        request = b"GET /sized HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"
+        connection.protocol.dataReceived(request + request)
+        for waiting in self.resource.waiting[:1]:
+            waiting.setHeader(b"content-length", b"5")
+            waiting.write(b"sized")
+            waiting.finish()
+        self.assertFalse(connection.closed)
+        self.assertEqual(len(self.resource.waiting), 2)  # the second is served
+        answer = connection.transport.value()
+        self.assertIn(b"Connection: keep-alive", answer)
+
+    def test_an_answer_without_a_length_closes_the_connection(self) -> None:
+        connection = Connection(self.site)
+        connection.protocol.dataReceived(
+            b"GET /unsized HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+        )
+        waiting = self.resource.waiting[0]
+        waiting.write(b"no length")
+        waiting.finish()
+        self.assertTrue(connection.closed)
+        self.assertNotIn(b"keep-alive", connection.transport.value())
+
+    def test_without_keep_alive_it_closes_as_http_1_0_does(self) -> None:
+        connection = Connection(self.site)
+        connection.protocol.dataReceived(b"GET /fast HTTP/1.0\r\n\r\n")
+        self.assertTrue(connection.closed)
+
+
 class DrainTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
