@@ -44,6 +44,7 @@ MAX_QUERY = 8192
 
 _AWS_PARAMETERS = frozenset({"secretId", "versionId", "versionStage", "refreshNow"})
 _V1_PARAMETERS = frozenset({"versionId", "versionStage", "refreshNow"})
+_LEGACY_PARAMETERS = frozenset({"name", "refresh", "versionId", "versionStage"})
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
 
 
@@ -66,17 +67,24 @@ class _Query:
     hold one, spaces they may not), every ``%`` escape must be valid, every
     value valid UTF-8."""
 
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, only: frozenset[str] | None = None) -> None:
+        """With ``only``, other parameters are dropped unread, however they
+        are written (the legacy dialect ignores them, as the Go server did)."""
         self.pairs: list[tuple[str, str]] = []
         if len(raw) > MAX_QUERY:
             raise invalid_parameter(f"query string longer than {MAX_QUERY} bytes")
         for item in raw.split(b"&"):
             if not item:
                 continue
-            name, _, value = item.partition(b"=")
-            self.pairs.append(
-                (_unescape(name, "parameter name"), _unescape(value, "value"))
-            )
+            raw_name, _, value = item.partition(b"=")
+            try:
+                name = _unescape(raw_name, "parameter name")
+            except SecretcacheError:
+                if only is not None:
+                    continue
+                raise
+            if only is None or name in only:
+                self.pairs.append((name, _unescape(value, "value")))
 
     def first(self, name: str) -> str | None:
         for key, value in self.pairs:
@@ -193,6 +201,10 @@ class SecretcacheAPI:
         self._observer = observer or RequestObserver()
         self._now = clock
         self._parsed_requests: dict[tuple[str, bytes], tuple[SecretKey, bool]] = {}
+
+    @property
+    def serves_metrics(self) -> bool:
+        return self._metrics is not None
 
     def resource(self) -> IResource:
         return _FrontDoor(self, self.app.resource())
@@ -402,7 +414,7 @@ def _aws_key(secret_id: str | None, params: Mapping[str, str]) -> SecretKey:
 
 
 def _legacy_key(query: bytes) -> tuple[SecretKey, bool]:
-    parsed = _Query(query)
+    parsed = _Query(query, _LEGACY_PARAMETERS)
     key = SecretKey(
         _checked(parsed.first("name"), "name", MAX_SECRET_ID, True) or "",
         _checked(parsed.first("versionId"), "versionId", MAX_VERSION_ID, False),
@@ -447,6 +459,11 @@ class _FrontDoor(Resource):
             b"/secretsmanager/get": api.aws_get,
             b"/v1": api.aws_v1,
         }
+        self._service_routes = frozenset(
+            (b"/ping", b"/ready", b"/metrics")
+            if api.serves_metrics
+            else (b"/ping", b"/ready")
+        )
 
     def render(self, request: IRequest) -> Any:
         path: bytes = request.path
@@ -458,6 +475,13 @@ class _FrontDoor(Resource):
         problem = _undecodable(request)
         if problem is None:
             return _headless(request, self._routed.render(request))
+        # Klein cannot route this request, so the SPEC's order of checks is
+        # kept here: an unknown route is a 404 and X-Forwarded-For a 400
+        # whatever else is wrong with the request.
+        if path not in self._service_routes:
+            problem = not_found_route()
+        elif request.requestHeaders.hasHeader(b"x-forwarded-for"):
+            problem = forwarded_request()
         started = self._api._now()
         return _headless(
             request, self._api._error(request, "unknown", problem, started)

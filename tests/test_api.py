@@ -313,6 +313,13 @@ class LegacyDialectTests(APITestCase):
         self.assertEqual(answer.status, 200)
         self.assertEqual(self.upstream.calls, [{"SecretId": "db"}])
 
+    def test_unknown_parameters_are_ignored_however_written(self) -> None:
+        answer = self.get("/cache?x=%zz&%ff=1&name=db&junk=%C3%28")
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(self.upstream.calls, [{"SecretId": "db"}])
+        # The ones the dialect reads are still checked.
+        self.assertError(self.get("/cache?name=d%zz"), 400, "InvalidParameterException")
+
     def test_binary_secret_is_raw_bytes(self) -> None:
         answer = self.get("/cache?name=bin")
         self.assertEqual(answer.body, b"\x00\x01\xfe")

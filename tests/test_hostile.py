@@ -185,6 +185,19 @@ class HostileInputTests(SynchronousTestCase):
             ((b"GET /cach%ff HTTP/1.1", b"Host: x"), 404, "NotFound"),
             ((b"GET /v1/db%ff HTTP/1.1", b"Host: x"), 400, "InvalidParameterException"),
             ((b"G3T /ping HTTP/1.1", b"Host: x"), 405, "MethodNotAllowed"),
+            # The SPEC's order holds for them too: route, X-Forwarded-For, ...
+            ((b"G3T /nope HTTP/1.1", b"Host: x"), 404, "NotFound"),
+            ((b"GET /nope HTTP/1.1", b"Host: \xff\xfe"), 404, "NotFound"),
+            (
+                (b"G3T /ping HTTP/1.1", b"Host: x", b"X-Forwarded-For: 10.0.0.1"),
+                400,
+                "InvalidRequestException",
+            ),
+            (
+                (b"G3T /nope HTTP/1.1", b"Host: x", b"X-Forwarded-For: 10.0.0.1"),
+                404,
+                "NotFound",
+            ),
         ]
         for lines, status, code in cases:
             got_status, body = self.answer_to(*lines)
