@@ -160,7 +160,8 @@ class _Refusal(Protocol):
             self._answered = True
             self._buffer = b""
             return
-        if line.startswith((b"GET /ping ", b"HEAD /ping ")):
+        method, target = _method_and_path(line)
+        if method == b"GET" and target == b"/ping":
             status, body, content_type = (
                 b"200 OK",
                 b"healthy",
@@ -173,7 +174,7 @@ class _Refusal(Protocol):
                 error.body(),
                 b"application/json",
             )
-        self._site.refused += 1
+            self._site.refused += 1
         assert self.transport is not None
         self.transport.write(
             b"HTTP/1.1 "
@@ -181,21 +182,27 @@ class _Refusal(Protocol):
             + b"\r\nContent-Type: "
             + content_type
             + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-            + body
+            # A HEAD answer says the length of a body it does not carry.
+            + (b"" if method == b"HEAD" else body)
         )
         self.transport.loseConnection()
         self._answered = True
         self._buffer = b""
 
 
-def _is_legacy_route(request_line: bytes) -> bool:
-    parts = request_line.split(b" ")
+def _method_and_path(request_line: bytes) -> tuple[bytes, bytes]:
+    """The method and the target's path (no query) of a raw request line."""
+    parts = request_line.strip().split(b" ")
     if len(parts) < 2:
-        return False
+        return parts[0], b""
     target = parts[1]
     if b"://" in target:  # an absolute-form target: drop scheme and authority
         target = b"/" + target.split(b"://", 1)[1].partition(b"/")[2]
-    return target.split(b"?", 1)[0] == b"/cache"
+    return parts[0], target.split(b"?", 1)[0]
+
+
+def _is_legacy_route(request_line: bytes) -> bool:
+    return _method_and_path(request_line)[1] == b"/cache"
 
 
 class SecretcacheSite(Site):

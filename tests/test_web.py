@@ -42,8 +42,10 @@ class Connection:
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)
 
-    def send(self, path: bytes) -> None:
-        self.protocol.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    def send(self, path: bytes, method: bytes = b"GET") -> None:
+        self.protocol.dataReceived(
+            method + b" " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
 
     @property
     def closed(self) -> bool:
@@ -74,6 +76,24 @@ class ConnectionLimitTests(SynchronousTestCase):
         answer = extra.transport.value()
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
         self.assertTrue(answer.endswith(b"\r\n\r\nhealthy"))
+
+    def test_ping_over_the_limit_is_healthy_with_a_query_and_not_counted(
+        self,
+    ) -> None:
+        extra = Connection(self.site)
+        extra.send(b"/ping?probe=1")
+        self.assertTrue(extra.transport.value().endswith(b"\r\n\r\nhealthy"))
+        self.assertEqual(self.site.refused, 0)
+
+    def test_head_over_the_limit_gets_a_length_and_no_body(self) -> None:
+        for path in (b"/ping", b"/secretsmanager/get?secretId=x"):
+            extra = Connection(self.site)
+            extra.send(path, method=b"HEAD")
+            answer = extra.transport.value()
+            self.assertTrue(answer.startswith(b"HTTP/1.1 429 "), answer)
+            self.assertIn(b"Content-Length: ", answer)
+            self.assertTrue(answer.endswith(b"\r\n\r\n"), answer)
+        self.assertEqual(self.site.refused, 2)
 
     def test_a_freed_slot_serves_again(self) -> None:
         self.served[0].lose()
