@@ -236,7 +236,7 @@ class SecretCache:
     def _fetched(self, key: SecretKey, fetch: _Fetch, value: SecretValue) -> None:
         del self._in_flight[key]
         now = self._clock.seconds()
-        if self._ttl > 0:
+        if self._ttl > 0 and self._max_entries > 0:
             self._entries.pop(key, None)
             self._entries[key] = CacheEntry(
                 value=value,

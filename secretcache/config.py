@@ -107,7 +107,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "cache-size",
         ("SECRETCACHE_CACHE_SIZE", "PARAMETERS_SECRETS_EXTENSION_CACHE_SIZE"),
         "1000",
-        "Most entries kept; the least recently used is evicted first.",
+        "Most entries kept; the least recently used is evicted first; 0 keeps nothing.",
         metavar="N",
     ),
     OptionSpec(
@@ -548,7 +548,7 @@ def load_settings(
             raise ConfigError(f"invalid {source} value {echo(raw)}: {e}") from None
 
     convert("ttl", parse_duration, "ttl")
-    convert("cache-size", parse_int(1, 10_000_000), "cache_size")
+    convert("cache-size", parse_int(0, 10_000_000), "cache_size")
     convert("stale-if-error", parse_duration, "stale_if_error")
     convert("prefetch", parse_prefetch, "prefetch")
     convert("upstream-timeout", parse_positive_duration, "upstream_timeout")

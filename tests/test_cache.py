@@ -108,15 +108,17 @@ class CacheTests(SynchronousTestCase):
         self.assertIsNone(self.cache.lookup(SecretKey("b")))
         self.assertIsNotNone(self.cache.lookup(SecretKey("a")))
 
-    def test_ttl_zero_keeps_nothing_but_still_coalesces(self) -> None:
-        cache = SecretCache(self.fetches, self.clock, ttl=0)
-        first, second = cache.get(KEY), cache.get(KEY)
-        self.fetches.answer("s1")
-        self.assertEqual(self.text(first), ("s1", b"miss"))
-        self.assertEqual(self.text(second), ("s1", b"miss"))
-        self.assertEqual(len(cache), 0)
-        cache.get(KEY)
-        self.assertEqual(self.fetches.count, 2)
+    def test_ttl_or_size_zero_keeps_nothing_but_still_coalesces(self) -> None:
+        for settings in ({"ttl": 0.0}, {"max_entries": 0}):
+            fetches = Fetches()
+            cache = SecretCache(fetches, self.clock, **settings)
+            first, second = cache.get(KEY), cache.get(KEY)
+            fetches.answer("s1")
+            self.assertEqual(self.text(first), ("s1", b"miss"))
+            self.assertEqual(self.text(second), ("s1", b"miss"))
+            self.assertEqual(len(cache), 0)
+            cache.get(KEY)
+            self.assertEqual(fetches.count, 2, settings)
 
     def test_refresh_burst_within_a_second_costs_one_fetch(self) -> None:
         self.cache.get(KEY)

@@ -120,6 +120,13 @@ class PrecedenceTests(SynchronousTestCase):
             ).cache_size,
             7,
         )
+        # AWS's extension documents 0 as "no caching".
+        self.assertEqual(
+            load(
+                [], {**TOKEN_ENV, "PARAMETERS_SECRETS_EXTENSION_CACHE_SIZE": "0"}
+            ).cache_size,
+            0,
+        )
 
     def test_port_forms(self) -> None:
         self.assertEqual(
@@ -174,7 +181,6 @@ class BadValueTests(SynchronousTestCase):
             (["--ttl", "abc"], {}, "--ttl", "'abc'"),
             ([], {"SECRETCACHE_TTL": "-1"}, "SECRETCACHE_TTL", "'-1'"),
             (["--cache-size", "-3"], {}, "--cache-size", "'-3'"),
-            (["--cache-size", "0"], {}, "--cache-size"),
             (["--cache-size", "1e9"], {}, "--cache-size"),
             (["--max-attempts", "0"], {}, "--max-attempts"),
             (["--max-attempts", "11"], {}, "--max-attempts"),
