@@ -98,7 +98,7 @@ def serve(
 
     def start() -> None:
         try:
-            root.privilegedStartService()  # type: ignore[no-untyped-call]
+            root.privilegedStartService()
             root.startService()
         except Exception as e:
             log.error("cannot start: {error}", error=str(e))

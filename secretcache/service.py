@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
@@ -288,6 +289,18 @@ class SecretcacheService(MultiService):
         self._log_observer = log_observer
         self._on_stop = tuple(on_stop)
         self._stop_reactor = stop_reactor
+        # Under twistd, which would print a traceback: a listener that cannot
+        # listen (port in use, no permission) ends the process with one line.
+        self.exit_on_listen_failure = False
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()  # type: ignore[no-untyped-call]
+        except CannotListenError as e:
+            if not self.exit_on_listen_failure:
+                raise
+            self.log.critical("cannot start: {reason}", reason=str(e))
+            raise SystemExit(1) from None
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]

@@ -95,11 +95,13 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> Any:
 
     observer = make_observer(settings.log_level, settings.log_format, sys.stdout)
     try:
-        return build_service(
+        service = build_service(
             settings, reactor, os.environ, log_observer=observer, handle_signals=True
         )
     except ConfigError as e:
         fail(str(e))
+    service.exit_on_listen_failure = True
+    return service
 
 
 def _endpoint(reactor: Any, description: str) -> Any:

@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -311,6 +312,39 @@ class StartupTests(SynchronousTestCase):
             output = process.communicate(timeout=15)[0].decode()
         self.assertEqual(process.returncode, 0, output)
         self.assertNotIn(TOKEN, output)
+
+    def test_port_in_use_is_one_line_and_exit_1_under_both_commands(self) -> None:
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        twistd = shutil.which("twistd", path=os.path.dirname(sys.executable))
+        assert twistd is not None
+        commands = [
+            [twistd, "-n", "--pidfile=", "secretcache"],
+            [sys.executable, "-m", "secretcache"],
+        ]
+        for command in commands:
+            done = subprocess.run(
+                [*command, "--port", f"tcp:{port}:interface=127.0.0.1"],
+                env=clean_environment(
+                    AWS_REGION=REGION,
+                    SECRETCACHE_TOKEN=TOKEN,
+                    AWS_ACCESS_KEY_ID="x",
+                    AWS_SECRET_ACCESS_KEY="y",
+                ),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=self.mktemp_dir(),
+            )
+            output = done.stdout + done.stderr
+            self.assertEqual(done.returncode, 1, output)
+            self.assertNotIn("Traceback", output)
+            lines = [line for line in output.splitlines() if "cannot start" in line]
+            self.assertEqual(len(lines), 1, output)
+            self.assertIn("Address already in use", lines[0])
 
     def mktemp_dir(self) -> str:
         path: str = self.mktemp()
