@@ -53,6 +53,11 @@ class CacheEntry:
     read: bool = False
     # Failed refreshes since the last successful fetch.
     failures: int = 0
+    # The last refresh failed transiently (Secrets Manager unreachable, not
+    # an answer such as not-found): once expired, the entry is served stale
+    # at once, and refreshed in the background from ``retry_at`` on.
+    failing: bool = False
+    retry_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -142,6 +147,9 @@ class SecretCache:
             value = self.lookup(key)
             if value is not None:
                 return succeed((value, Outcome.HIT))
+            value = self._stale_at_once(key)
+            if value is not None:
+                return succeed((value, Outcome.STALE))
             outcome = Outcome.MISS
         else:
             outcome = Outcome.REFRESH
@@ -164,6 +172,24 @@ class SecretCache:
         else:
             self._start_fetch(key, waiter=(waiter, outcome))
         return waiter
+
+    def _stale_at_once(self, key: SecretKey) -> SecretValue | None:
+        """The value of an expired entry whose last refresh failed
+        transiently, inside the stale window: Secrets Manager was just found
+        unreachable, so waiting on another attempt would only delay the same
+        stale answer (by up to --request-timeout on a black hole). A retry
+        runs in the background once the backoff allows."""
+        entry = self._entries.get(key)
+        if entry is None or not entry.failing:
+            return None
+        now = self._clock.seconds()
+        if now >= entry.expires_at + self._stale_if_error:
+            return None
+        if now >= entry.retry_at and key not in self._in_flight:
+            self._start_fetch(key)
+        self._entries.move_to_end(key)
+        self._observer.outcome(Outcome.STALE)
+        return entry.value
 
     def prefetch(self, key: SecretKey) -> Deferred[None]:
         """Fetch ``key`` unless fresh; fires with None, or fails."""
@@ -281,7 +307,9 @@ class SecretCache:
             entry.failures += 1
             # Jittered like the refresh point itself, so keys do not retry in step.
             delay *= 1.0 + self._jitter()
-            entry.refresh_at = min(entry.expires_at, now + delay)
+            entry.retry_at = now + delay
+            entry.refresh_at = min(entry.expires_at, entry.retry_at)
+            entry.failing = error.transient
         if not fetch.waiters:
             self.log.info(
                 "background refresh failed: {code}",

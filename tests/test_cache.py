@@ -177,6 +177,65 @@ class CacheTests(SynchronousTestCase):
         self.fetches.fail(upstream_failure("connection refused"))
         self.assertEqual(self.text(d), ("s1", b"stale"))
 
+    def test_after_a_transient_failure_stale_is_served_at_once(self) -> None:
+        """Once a refresh of an expired entry has failed transiently, requests
+        do not wait on Secrets Manager again: they get the stale value at
+        once, and the retry runs in the background after the back-off."""
+        self.cache.get(KEY)
+        self.fetches.answer("s1")
+        self.clock.advance(301)
+        first = self.cache.get(KEY)
+        self.fetches.fail(upstream_failure("connection refused"))
+        self.assertEqual(self.text(first), ("s1", b"stale"))
+        # Within the first back-off (1 s, jitter 0): answered, nothing fetched.
+        self.clock.advance(0.5)
+        self.assertEqual(self.text(self.cache.get(KEY)), ("s1", b"stale"))
+        self.assertEqual(self.fetches.count, 2)
+        # Past it: still answered at once, and one retry starts behind it.
+        self.clock.advance(0.6)
+        self.assertEqual(self.text(self.cache.get(KEY)), ("s1", b"stale"))
+        self.assertEqual(self.text(self.cache.get(KEY)), ("s1", b"stale"))
+        self.assertEqual(self.fetches.count, 3)
+        self.fetches.answer("s2")
+        self.assertEqual(self.text(self.cache.get(KEY)), ("s2", b"hit"))
+
+    def test_stale_at_once_ends_when_upstream_answers_for_good(self) -> None:
+        self.cache.get(KEY)
+        self.fetches.answer("s1")
+        self.clock.advance(301)
+        self.cache.get(KEY)
+        self.fetches.fail(upstream_failure("connection refused"))
+        self.clock.advance(1.1)
+        self.cache.get(KEY)  # stale, with a retry in the background
+        self.fetches.fail(from_upstream(400, "ResourceNotFoundException", "gone"))
+        d = self.cache.get(KEY)
+        self.assertEqual(self.fetches.count, 4)
+        self.fetches.fail(from_upstream(400, "ResourceNotFoundException", "gone"))
+        self.assertEqual(self.failureResultOf(d, SecretcacheError).value.status, 404)
+
+    def test_stale_at_once_ends_with_the_stale_window(self) -> None:
+        self.cache.get(KEY)
+        self.fetches.answer("s1")
+        self.clock.advance(301)
+        self.cache.get(KEY)
+        self.fetches.fail(upstream_failure("connection refused"))
+        self.clock.advance(3600)
+        d = self.cache.get(KEY)
+        self.assertNoResult(d)
+        self.fetches.fail(upstream_failure("connection refused"))
+        self.failureResultOf(d, SecretcacheError)
+
+    def test_forced_refresh_still_waits_and_fails_while_stale(self) -> None:
+        self.cache.get(KEY)
+        self.fetches.answer("s1")
+        self.clock.advance(301)
+        self.cache.get(KEY)
+        self.fetches.fail(upstream_failure("connection refused"))
+        d = self.cache.get(KEY, refresh=True)
+        self.assertNoResult(d)
+        self.fetches.fail(upstream_failure("connection refused"))
+        self.assertEqual(self.failureResultOf(d, SecretcacheError).value.status, 502)
+
     def test_stale_window_ends(self) -> None:
         self.cache.get(KEY)
         self.fetches.answer("s1")

@@ -63,9 +63,10 @@ class StaleIfErrorTests(FaultTestCase):
             SecretId=name, SecretString=json.dumps({"password": "after"})
         )
         self.set_fault(None)
-        # The next read refreshes (in the background or on the request path,
-        # depending on timing); within a TTL it is the new value.
-        deadline = time.monotonic() + 3
+        # Reads are answered stale at once until the back-off after the last
+        # failure has passed (1, 2, then 4 s, each up to doubled by jitter),
+        # then a background refresh brings the new value.
+        deadline = time.monotonic() + 10
         seen = self.value(self.get(server, name))
         while seen != {"password": "after"} and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -168,6 +169,27 @@ class BlackHoleTests(FaultTestCase):
         self.assertEqual({a.headers["x-secretcache-cache"] for a, _ in hits}, {"hit"})
         self.assertLess(max(s for _, s in pings + hits), 0.25)
         self.assertGreaterEqual(hole.held, 1)
+
+    def test_through_a_black_hole_only_the_first_stale_answer_waits(self) -> None:
+        server = self.start_cache(
+            "--ttl", "1", "--upstream-timeout", "0.4", "--request-timeout", "1.2"
+        )
+        name = self.secret("held", {"password": "kept"})
+        self.value(self.get(server, name))
+        hole = faults.BlackHole()
+        self.addCleanup(hole.release)
+        self.set_fault(hole)
+        time.sleep(1.1)
+        first, waited = timed(lambda: self.get(server, name))
+        self.assertEqual(self.value(first), {"password": "kept"})
+        self.assertEqual(first.headers["x-secretcache-cache"], "stale")
+        self.assertGreaterEqual(waited, 0.4)  # at least one upstream timeout
+        # Secrets Manager was just found unreachable: no more waiting on it.
+        later = [timed(lambda: self.get(server, name)) for _ in range(5)]
+        self.assertEqual(
+            {a.headers["x-secretcache-cache"] for a, _ in later}, {"stale"}
+        )
+        self.assertLess(max(s for _, s in later), 0.25)
 
 
 class ShutdownTests(FaultTestCase):
