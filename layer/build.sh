@@ -22,6 +22,12 @@ ONLY=${SECRETCACHE_LAYER_ONLY:-}
 BUILD_ROOT=$CACHE/bullseye-build
 PY_SERIES=3.11                     # Debian bookworm's python3.11 source package
 PY_PREFIX=/opt/python$PY_SERIES    # inside the build root
+# bullseye's OpenSSL is 1.1.1, end of life upstream: CPython's ssl and hashlib
+# modules get the 3.5 LTS series instead, built in the root from the upstream
+# tarball of Debian trixie's openssl source package. (Twisted's TLS uses the
+# OpenSSL inside the cryptography wheel, a current 3.x either way.)
+OPENSSL_PREFIX=/opt/openssl3       # inside the build root
+OPENSSL_SUITES=("$DEBIAN_SECURITY_MIRROR trixie-security" "$DEBIAN_MIRROR trixie")
 PYINSTALLER_REQ=${PYINSTALLER_REQ:-pyinstaller>=6.10,<7}
 HOST_PYTHON=${HOST_PYTHON:-python3}
 # The slim layer carries extension modules for each of these; 3.12+ only.
@@ -108,9 +114,74 @@ EOF
     mv "$d/dl.tmp" "$d/dl"
 }
 
+# Only the upstream tarball is used. apt checks it against the signed index;
+# a mirror whose pool runs behind its index may lack the Debian part (seen
+# here), which fails apt-get but keeps the checked tarball.
+fetch_openssl_source() {
+    local d=$CACHE/openssl-src suite
+    if compgen -G "$d/dl/openssl_3.*.orig.tar.gz" >/dev/null && [ -z "${SECRETCACHE_LAYER_REFRESH_SRC:-}" ]; then
+        return 0
+    fi
+    log "fetching OpenSSL 3 source (Debian trixie's openssl source package)"
+    rm -rf -- "$d"
+    for suite in "${OPENSSL_SUITES[@]}"; do
+        local apt_opts=(-o "Dir::Etc::SourceList=$d/sources.list" -o Dir::Etc::SourceParts=/dev/null
+            -o "Dir::State::Lists=$d/lists" -o "Dir::Cache=$d/apt-cache" -o Debug::NoLocking=1
+            -o APT::Sandbox::User=root)
+        rm -rf -- "$d/lists" "$d/dl.tmp"
+        mkdir -p "$d/lists/partial" "$d/apt-cache/archives/partial" "$d/dl.tmp"
+        echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $suite main" >"$d/sources.list"
+        apt-get "${apt_opts[@]}" update -qq 2>/dev/null || continue
+        (cd "$d/dl.tmp" && apt-get "${apt_opts[@]}" source --download-only -qq openssl >/dev/null 2>&1) || true
+        if compgen -G "$d/dl.tmp/openssl_3.*.orig.tar.gz" >/dev/null; then
+            mv "$d/dl.tmp" "$d/dl"
+            return 0
+        fi
+    done
+    rm -rf -- "$d"
+    return 1
+}
+
+# Echoes the tarball's name, or "bullseye-libssl1.1" when there is none.
+build_openssl() {
+    local tarball stamp=$BUILD_ROOT$OPENSSL_PREFIX/.secretcache-built src=$BUILD_ROOT/build/openssl
+    if ! fetch_openssl_source; then
+        log "WARNING: no OpenSSL 3 source could be fetched; CPython's ssl module falls back to bullseye's OpenSSL 1.1.1 (end of life upstream)"
+        echo bullseye-libssl1.1
+        return 0
+    fi
+    tarball=$(compgen -G "$CACHE/openssl-src/dl/openssl_3.*.orig.tar.gz" | head -1)
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(basename "$tarball")" ]; then
+        log "reusing $(basename "$tarball") in the build root"
+        basename "$tarball"
+        return 0
+    fi
+    log "building OpenSSL from $(basename "$tarball") in the build root (a few minutes)"
+    rm -rf -- "$src" "$BUILD_ROOT$OPENSSL_PREFIX"
+    mkdir -p "$src"
+    tar -xf "$tarball" -C "$src" --strip-components=1
+    mount_proc "$BUILD_ROOT"
+    # The rpath lets CPython's modules find it in the root; PyInstaller then
+    # bundles it.
+    in_root "$BUILD_ROOT" sh -ec "
+        cd /build/openssl
+        ./Configure linux-x86_64 --prefix=$OPENSSL_PREFIX --libdir=lib \
+            --openssldir=$OPENSSL_PREFIX/ssl shared no-tests no-docs \
+            -Wl,-rpath,$OPENSSL_PREFIX/lib
+        make -s -j$(nproc) build_sw
+        make -s install_sw
+        cp LICENSE.txt $OPENSSL_PREFIX/LICENSE.txt
+        $OPENSSL_PREFIX/bin/openssl version
+    " >"$CACHE/openssl-build.log" 2>&1 || { tail -30 "$CACHE/openssl-build.log" >&2; die "OpenSSL build failed (log: $CACHE/openssl-build.log)"; }
+    rm -rf -- "$src"
+    basename "$tarball" >"$stamp"
+    basename "$tarball"
+}
+
 build_cpython() {
+    local openssl=$1
     local dl=$CACHE/cpython-src/dl stamp dsc src=$BUILD_ROOT/build/cpython
-    dsc=$(basename "$(compgen -G "$dl/*.dsc" | head -1)")
+    dsc="$(basename "$(compgen -G "$dl/*.dsc" | head -1)") with $openssl"
     stamp="$BUILD_ROOT$PY_PREFIX/.secretcache-built"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$dsc" ]; then
         log "reusing CPython $dsc in the build root"
@@ -145,26 +216,57 @@ build_cpython() {
         fi
     done
     mount_proc "$BUILD_ROOT"
+    local ssl_opts="" ssl_check="assert ssl.OPENSSL_VERSION_INFO[0] >= 1"
+    if [ "$openssl" != bullseye-libssl1.1 ]; then
+        ssl_opts="--with-openssl=$OPENSSL_PREFIX --with-openssl-rpath=auto"
+        ssl_check="assert ssl.OPENSSL_VERSION_INFO[0] == 3, ssl.OPENSSL_VERSION"
+    fi
     # --enable-shared: PyInstaller bundles libpython; the rpath lets the
     # root's python find it without LD_LIBRARY_PATH.
     in_root "$BUILD_ROOT" sh -ec "
         cd /build/cpython
         ./configure -q --prefix=$PY_PREFIX --enable-shared --disable-test-modules \
-            --with-system-expat --with-ensurepip=install LDFLAGS=-Wl,-rpath,$PY_PREFIX/lib
+            --with-system-expat --with-ensurepip=install $ssl_opts \
+            LDFLAGS=-Wl,-rpath,$PY_PREFIX/lib
         make -s -j$(nproc)
         make -s install
         # setup.py only warns about a module it could not build.
-        $PY_PREFIX/bin/python3 -c 'import pyexpat, _ssl, _hashlib, zlib, _ctypes, _bz2, _lzma, _decimal, _uuid, readline'
+        $PY_PREFIX/bin/python3 -c 'import pyexpat, _ssl, _hashlib, zlib, _ctypes, _bz2, _lzma, _decimal, _uuid, ssl; $ssl_check'
     " >"$CACHE/cpython-build.log" 2>&1 || { tail -30 "$CACHE/cpython-build.log" >&2; die "CPython build failed (log: $CACHE/cpython-build.log)"; }
     rm -rf -- "$src"
     printf '%s' "$dsc" >"$stamp"
+}
+
+# The bundle's own licence and those of what it carries: Python packages keep
+# theirs in their dist-info folders; CPython and the native libraries get
+# theirs here, a Debian library's from its package's copyright file.
+collect_licenses() {
+    local bundle=$1 dir=$1/LICENSES lib pkg
+    mkdir -p "$dir"
+    cp -- "$PROJECT/LICENSE" "$dir/secretcache.txt"
+    cp -- "$BUILD_ROOT$PY_PREFIX/lib/python$PY_SERIES/LICENSE.txt" "$dir/cpython.txt"
+    for lib in "$bundle"/_internal/lib*.so*; do
+        lib=$(basename "$lib")
+        case $lib in
+        libpython*) continue ;;
+        libssl.so.3 | libcrypto.so.3)
+            cp -- "$BUILD_ROOT$OPENSSL_PREFIX/LICENSE.txt" "$dir/openssl.txt"
+            continue
+            ;;
+        esac
+        pkg=$(in_root "$BUILD_ROOT" dpkg -S "$lib" 2>/dev/null | grep -v -- '-dev:' | head -1 | cut -d: -f1)
+        [ -n "$pkg" ] || die "no Debian package owns $lib: cannot ship its licence"
+        cp -- "$BUILD_ROOT/usr/share/doc/$pkg/copyright" "$dir/$pkg.txt"
+    done
 }
 
 build_full_layer() {
     ensure_host_tools
     make_root "$BUILD_ROOT" "${BUILD_DEPS[@]}"
     fetch_cpython_source
-    build_cpython
+    local openssl
+    openssl=$(build_openssl)
+    build_cpython "$openssl"
     mount_proc "$BUILD_ROOT"
     write_root_pip_conf "$BUILD_ROOT"
 
@@ -202,6 +304,7 @@ build_full_layer() {
         --exclude-module setuptools --exclude-module pkg_resources \
         --exclude-module _distutils_hack --exclude-module distutils \
         --exclude-module tkinter --exclude-module _tkinter \
+        --exclude-module readline \
         "${extra[@]}" \
         /build/layer/entry.py >/dev/null
     # PyInstaller adds runtime hooks for inspect, pkgutil and multiprocessing
@@ -224,6 +327,12 @@ build_full_layer() {
     prune_botocore_data "$bundle/_internal/botocore/data"
     [ -f "$bundle/_internal/botocore/cacert.pem" ] || die "botocore/cacert.pem missing from the bundle"
     if compgen -G "$bundle/_internal/setuptools*" >/dev/null; then die "setuptools got into the bundle"; fi
+    # GNU readline is GPL-3 and of no use to a server (pdb and the REPL,
+    # which import it when present, never run here).
+    if [ -n "$(find "$bundle" -name 'libreadline*' -o -name 'readline.*.so' -o -name 'libtinfo*')" ]; then
+        die "readline got into the bundle"
+    fi
+    collect_licenses "$bundle"
 
     # Run it once in the root: proves it starts, and writes Twisted's plugin
     # cache (dropin.cache) now, since /opt is read-only in Lambda.
