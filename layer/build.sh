@@ -437,6 +437,7 @@ EOF
             die "compileall with python$v failed"
     done
     install -m 0755 "$LAYER_DIR/launcher-python.sh" "$stage/extensions/secretcache"
+    echo "$SLIM_PYTHONS" >"$stage/secretcache/python-versions"
     chmod -R u+rwX,go+rX,go-w "$stage"
     rm -f -- "$DIST/secretcache-layer-python.zip"
     (cd "$stage" && zip -q -r -9 -X "$DIST/secretcache-layer-python.zip" extensions secretcache)

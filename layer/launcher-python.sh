@@ -1,6 +1,6 @@
 #!/bin/sh
 # Slim layer: start secretcache with the Python runtime's own interpreter
-# (3.12 or newer) and the pure/abi3 dependencies shipped in this layer.
+# (a version this layer was built for) and the dependencies shipped in it.
 set -eu
 
 SECRETCACHE_EXTENSION_NAME=$(basename -- "$0")
@@ -27,11 +27,16 @@ fi
 # -I: ignore PYTHONPATH (Lambda points it at the runtime's own botocore), the
 # user site and the current directory, then put our dependencies first. Our
 # libraries stay off the function's own sys.path (they are not in /opt/python).
+# The layer carries compiled modules (cffi) for the versions it was built for,
+# listed by the build in python-versions: another one would fail on import.
 exec "$py" -I -c '
 import sys
-if sys.version_info < (3, 12):
-    sys.exit("secretcache: this layer needs Python 3.12 or newer, found %d.%d; use secretcache-layer.zip" % sys.version_info[:2])
-sys.path.insert(0, sys.argv.pop(1))
+site = sys.argv.pop(1)
+with open(site + "/../python-versions") as f:
+    carried = f.read().split()
+if "%d.%d" % sys.version_info[:2] not in carried:
+    sys.exit("secretcache: this layer carries modules for Python %s, not %d.%d; use secretcache-layer.zip" % (" and ".join(carried), *sys.version_info[:2]))
+sys.path.insert(0, site)
 sys.argv[0] = "secretcache"
 from secretcache.__main__ import main
 raise SystemExit(main())
