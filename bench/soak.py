@@ -107,6 +107,10 @@ def main() -> int:
     )
     statuses: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
+    # Answers by the fault in force when they were sent: whether fresh values
+    # come back once Secrets Manager does.
+    by_fault: dict[str, Counter[str]] = {}
+    current = ["none"]
     wrong: list[str] = []
     latencies: list[float] = []
     lock = threading.Lock()
@@ -118,6 +122,7 @@ def main() -> int:
         while not stop.is_set():
             name = rng.choice(names)
             started = time.monotonic()
+            fault_then = current[0]
             try:
                 connection.request(
                     "GET",
@@ -138,8 +143,12 @@ def main() -> int:
             with lock:
                 statuses[str(response.status)] += 1
                 latencies.append(ended - started)
+                answer = str(response.status)
                 if response.status == 200:
-                    outcomes[response.getheader("X-Secretcache-Cache") or "?"] += 1
+                    answer = response.getheader("X-Secretcache-Cache") or "?"
+                    outcomes[answer] += 1
+                by_fault.setdefault(fault_then, Counter())[answer] += 1
+                if response.status == 200:
                     value = json.loads(json.loads(body)["SecretString"])
                     if value["n"] != name or not history.valid(
                         name, value["v"], started, ended
@@ -181,6 +190,7 @@ def main() -> int:
             fault = make() if make else None
             hole = fault if isinstance(fault, faults.BlackHole) else None
             proxy.fault = fault
+            current[0] = label
             print(f"{time.monotonic() - started:5.1f}s  fault: {label}", flush=True)
             phase_end = time.monotonic() + phase_seconds
             while time.monotonic() < phase_end:
@@ -211,6 +221,10 @@ def main() -> int:
     print(f"requests served: {total} in {elapsed:.0f} s ({total / elapsed:.0f}/s)")
     print("statuses:", dict(sorted(statuses.items())))
     print("cache outcomes of 200s:", dict(sorted(outcomes.items())))
+    print("answers by the fault in force (hit/miss/stale/refresh, or status):")
+    for label in dict.fromkeys(label for label, _ in FAULTS):
+        if label in by_fault:
+            print(f"  {label:16s}", dict(sorted(by_fault[label].items())))
     print(f"upstream GetSecretValue calls: {sum(proxy.calls.values())}")
     if latencies:
         p50 = latencies[len(latencies) // 2] * 1000
