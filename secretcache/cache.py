@@ -29,9 +29,10 @@ REFRESH_AHEAD_AT = 0.75
 REFRESH_AHEAD_JITTER = 0.15
 # After a failed background refresh the next one waits this long, doubling
 # with each failure up to the cap (and never past expiry): a hot key must not
-# turn an upstream outage or a 403 into one call per cache hit.
+# turn an upstream outage or a 403 into one call per cache hit. The cap is
+# also how long stale values may outlast an outage, so it stays short.
 REFRESH_RETRY_BASE = 1.0
-REFRESH_RETRY_CAP = 30.0
+REFRESH_RETRY_CAP = 5.0
 
 
 class Outcome(enum.Enum):
@@ -111,6 +112,10 @@ class SecretCache:
         self._jitter = jitter
         self._entries: OrderedDict[SecretKey, CacheEntry] = OrderedDict()
         self._in_flight: dict[SecretKey, _Fetch] = {}
+        # Keys whose last refresh failed transiently. When any fetch succeeds,
+        # Secrets Manager is back: they are retried at once instead of each
+        # waiting out its own back-off, so stale values end with the outage.
+        self._failing: set[SecretKey] = set()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -262,6 +267,14 @@ class SecretCache:
     def _fetched(self, key: SecretKey, fetch: _Fetch, value: SecretValue) -> None:
         del self._in_flight[key]
         now = self._clock.seconds()
+        self._failing.discard(key)
+        for other in self._failing:
+            entry = self._entries.get(other)
+            if entry is not None:
+                entry.retry_at = now
+                entry.refresh_at = min(entry.refresh_at, now)
+        # Once per recovery: a key that fails again backs off anew.
+        self._failing.clear()
         if self._ttl > 0 and self._max_entries > 0:
             self._entries.pop(key, None)
             self._entries[key] = CacheEntry(
@@ -310,6 +323,10 @@ class SecretCache:
             entry.retry_at = now + delay
             entry.refresh_at = min(entry.expires_at, entry.retry_at)
             entry.failing = error.transient
+            if error.transient:
+                self._failing.add(key)
+            else:
+                self._failing.discard(key)
         if not fetch.waiters:
             self.log.info(
                 "background refresh failed: {code}",

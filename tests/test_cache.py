@@ -199,6 +199,33 @@ class CacheTests(SynchronousTestCase):
         self.fetches.answer("s2")
         self.assertEqual(self.text(self.cache.get(KEY)), ("s2", b"hit"))
 
+    def test_one_success_ends_every_key_s_back_off(self) -> None:
+        """Each key backs off on its own during an outage, but the first
+        fetch that succeeds shows Secrets Manager is back: the other keys
+        are refreshed on their next read, not after their own back-off."""
+        for key in (KEY, OTHER):
+            self.cache.get(key)
+            self.fetches.answer("v1")
+        self.clock.advance(301)
+        for key in (KEY, OTHER):
+            d = self.cache.get(key)
+            self.fetches.fail(upstream_failure("connection refused"))
+            self.assertEqual(self.successResultOf(d)[1], Outcome.STALE)
+        # A second failure of OTHER doubles its back-off (2 s with jitter 0).
+        self.clock.advance(1.1)
+        self.cache.get(OTHER)
+        self.fetches.fail(upstream_failure("connection refused"))
+        # KEY's retry (due at 1 s) succeeds: OTHER, due only at 3.1 s, is
+        # refreshed on its next read.
+        self.cache.get(KEY)
+        self.fetches.answer("v2")
+        self.assertEqual(self.text(self.cache.get(KEY)), ("v2", b"hit"))
+        count = self.fetches.count
+        self.assertEqual(self.text(self.cache.get(OTHER)), ("v1", b"stale"))
+        self.assertEqual(self.fetches.count, count + 1)
+        self.fetches.answer("v2")
+        self.assertEqual(self.text(self.cache.get(OTHER)), ("v2", b"hit"))
+
     def test_stale_at_once_ends_when_upstream_answers_for_good(self) -> None:
         self.cache.get(KEY)
         self.fetches.answer("s1")
