@@ -165,7 +165,7 @@ def build_service(
         listener,
         maintenance,
     )
-    from secretcache.upstream import SecretsManagerClient
+    from secretcache.upstream import SecretsManagerClient, UpstreamEndpoints
     from secretcache.web import SHUTDOWN_GRACE, SecretcacheSite
 
     session = session or botocore_session()
@@ -181,7 +181,10 @@ def build_service(
     # Secrets Manager's load balancers close idle connections after about a
     # minute; dropping ours first avoids sending into a closing socket.
     pool.cachedConnectionTimeout = 50
-    http = HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+    agent = Agent.usingEndpointFactory(
+        reactor, UpstreamEndpoints(reactor, policy), pool=pool
+    )
+    http = HTTPClient(agent)
     # Every real reactor also provides these; IReactorCore does not say so.
     clock = cast(IReactorTime, reactor)
     threads = cast(IReactorThreads, reactor)

@@ -13,19 +13,32 @@ from urllib.parse import urlsplit
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from twisted.internet import protocol
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.error import (
     ConnectError,
     ConnectingCancelledError,
     DNSLookupError,
 )
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.client import URI, ResponseDone, ResponseFailed
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS, IResponse
+from zope.interface import implementer
 
 from secretcache._version import __version__
 from secretcache.credentials import AWSCredentials, ICredentialSource
@@ -62,6 +75,36 @@ class HTTPClient(Protocol):
 
 class _TooLarge(Exception):
     pass
+
+
+@implementer(IAgentEndpointFactory)
+class UpstreamEndpoints:
+    """Where the ``Agent`` connects: Twisted's ``HostnameEndpoint`` for a host
+    name (resolved in a thread, then happy eyeballs), but straight to the
+    address for an IP literal. Resolving an address only costs a thread round
+    trip and a timer loop per new connection, and an emulator that closes
+    every connection (moto does) makes one per call."""
+
+    def __init__(self, reactor: Any, policy: IPolicyForHTTPS) -> None:
+        self._reactor = reactor
+        self._policy = policy
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        host = uri.host.decode("ascii")
+        address = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        endpoint: IStreamClientEndpoint
+        if isIPAddress(address):
+            endpoint = TCP4ClientEndpoint(self._reactor, address, uri.port)
+        elif isIPv6Address(address):
+            endpoint = TCP6ClientEndpoint(self._reactor, address, uri.port)
+        else:
+            endpoint = HostnameEndpoint(self._reactor, host, uri.port)
+        if uri.scheme == b"https":
+            creator = self._policy.creatorForNetloc(uri.host, uri.port)
+            return wrapClientTLS(creator, endpoint)
+        if uri.scheme != b"http":
+            raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
+        return endpoint
 
 
 class UpstreamObserver:

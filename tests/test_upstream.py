@@ -14,11 +14,13 @@ from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IReactorTCP, IReactorTime
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.error import SchemeNotSupported
 from twisted.web.server import Request
 
 from secretcache._version import __version__
@@ -30,7 +32,7 @@ from secretcache.testing import (
     StoredSecret,
     error_fault,
 )
-from secretcache.upstream import SecretsManagerClient
+from secretcache.upstream import SecretsManagerClient, UpstreamEndpoints
 
 DB = SecretKey("db")
 ENDPOINT = "https://secretsmanager.us-east-1.amazonaws.com"
@@ -339,3 +341,51 @@ class StalledAnswerTests(TestCase):
                 break
             await deferLater(clock, 0.05)
         self.assertEqual(factory.events, ["answering", "closed"])
+
+
+class _RecordingResolver:
+    """A name resolver that remembers what it was asked and never answers."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def resolveHostName(
+        self, receiver: Any, hostName: str, *args: Any, **kw: Any
+    ) -> Any:
+        self.asked.append(hostName)
+        return receiver
+
+
+class UpstreamEndpointTests(SynchronousTestCase):
+    """An IP-literal endpoint URL is connected to at once; a host name goes
+    through the reactor's (threaded) resolver as before."""
+
+    def connect(self, url: bytes) -> tuple[MemoryReactorClock, _RecordingResolver]:
+        memory = MemoryReactorClock()
+        resolver = _RecordingResolver()
+        memory.nameResolver = resolver  # type: ignore[assignment]
+        endpoint = UpstreamEndpoints(memory, BrowserLikePolicyForHTTPS())
+        endpoint.endpointForURI(URI.fromBytes(url)).connect(ClientFactory())
+        return memory, resolver
+
+    def test_ip_literals_connect_without_a_lookup(self) -> None:
+        for url, host in (
+            (b"http://127.0.0.1:4566/", "127.0.0.1"),
+            (b"https://10.0.0.5/", "10.0.0.5"),
+            (b"http://[::1]:4566/", "::1"),
+        ):
+            memory, resolver = self.connect(url)
+            self.assertEqual(resolver.asked, [], url)
+            self.assertEqual([c[0] for c in memory.tcpClients], [host], url)
+
+    def test_host_names_are_resolved(self) -> None:
+        memory, resolver = self.connect(
+            b"https://secretsmanager.eu-west-1.amazonaws.com/"
+        )
+        self.assertEqual(resolver.asked, ["secretsmanager.eu-west-1.amazonaws.com"])
+        self.assertEqual(memory.tcpClients, [])
+
+    def test_other_schemes_are_refused(self) -> None:
+        endpoints = UpstreamEndpoints(MemoryReactorClock(), BrowserLikePolicyForHTTPS())
+        with self.assertRaises(SchemeNotSupported):
+            endpoints.endpointForURI(URI.fromBytes(b"ftp://127.0.0.1/"))
