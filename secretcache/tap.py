@@ -234,7 +234,6 @@ def build_service(
         max_connections=settings.max_connections,
         clock=clock,
         legacy_errors=settings.legacy_errors,
-        parsePOSTFormSubmission=False,
     )
     site.noisy = False
     metrics.watch(

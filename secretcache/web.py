@@ -4,6 +4,7 @@ own and bounds open connections, answering the one over the limit with 429.
 
 from __future__ import annotations
 
+from io import BytesIO
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
@@ -30,6 +31,9 @@ _PEEK_LIMIT = 1024
 _MAX_REFUSING = 64
 # How long a refused connection may take to send its request line.
 _REFUSAL_TIMEOUT = 2.0
+# Request bodies up to this size are kept (nothing reads them; Twisted wants
+# a file); a larger or unsized one is counted and dropped, never spooled to disk.
+_BODY_KEPT = 64 * 1024
 # At shutdown, how long requests in flight may take to finish: inside the 2 s
 # that ``docker stop`` and Lambda's SHUTDOWN leave before SIGKILL.
 SHUTDOWN_GRACE = 1.0
@@ -60,6 +64,13 @@ class _Request(Request):
             self.responseHeaders.removeHeader(b"connection")
             self.channel.persistent = False
         super().write(data)  # type: ignore[no-untyped-call]
+
+
+class _DiscardedBody(BytesIO):
+    """A request body too large to keep: no route reads one."""
+
+    def write(self, data: Any, /) -> int:
+        return len(memoryview(data))
 
 
 class _CountedChannel(HTTPChannel):
@@ -223,7 +234,13 @@ class SecretcacheSite(Site):
         legacy_errors: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(resource, reactor=clock, **kwargs)  # type: ignore[no-untyped-call]
+        # No route reads a form. Twisted would parse every POST body as one
+        # (the legacy client's requests are POSTs), and its Content-Type
+        # parsing raises on a value holding a character that str.splitlines
+        # breaks on (such as \x1c): a traceback, no answer.
+        super().__init__(  # type: ignore[no-untyped-call]
+            resource, reactor=clock, parsePOSTFormSubmission=False, **kwargs
+        )
         self.clock = clock
         self.max_connections = max_connections
         self.legacy_errors = legacy_errors
@@ -282,3 +299,12 @@ class SecretcacheSite(Site):
 
     def log(self, request: Any) -> None:
         pass
+
+    def getContentFile(self, length: int | None) -> BytesIO:
+        # twisted.web asks the Site for each request's body buffer and falls
+        # back to its own (a temporary file past 100 kB) on AttributeError:
+        # an exception per request on the hit path, and a disk write for a
+        # hostile body that no route reads.
+        if length is not None and length <= _BODY_KEPT:
+            return BytesIO()
+        return _DiscardedBody()

@@ -203,6 +203,23 @@ class HostileInputTests(SynchronousTestCase):
             got_status, body = self.answer_to(*lines)
             self.assertEqual((got_status, body["__type"]), (status, code), lines)
 
+    def test_post_with_a_line_break_character_in_its_content_type_is_answered(
+        self,
+    ) -> None:
+        """Found by the properties above: a character that str.splitlines
+        breaks on (here \\x1c) made Twisted's form parsing raise, and the
+        client got no answer."""
+        for path in (b"/cache?name=a", b"/nope"):
+            raw = (
+                b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n"
+                b"X-Aws-Parameters-Secrets-Token: " + TOKEN.encode() + b"\r\n"
+                b"Content-Type: multipart/form-data\x1cboundary=x\r\n"
+                b"Content-Length: 2\r\n\r\n[]"
+            )
+            answer = self.send(raw)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 "), answer)
+            self.check(raw, answer)
+
     def test_doubled_slashes_are_not_redirected(self) -> None:
         answer = self.send(b"GET //ping HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)

@@ -262,3 +262,45 @@ class DrainTests(SynchronousTestCase):
         self.assertTrue(stuck.closed)
         stuck.lose()
         self.successResultOf(d)
+
+
+class _Bodies(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[bytes] = []
+
+    def render_POST(self, request: Request) -> bytes:
+        assert request.content is not None
+        self.bodies.append(request.content.read())
+        return b"ok"
+
+
+class RequestBodyTests(SynchronousTestCase):
+    """No route reads a request body: a small one is kept, a large or unsized
+    one is dropped as it arrives, never written to a temporary file."""
+
+    def post(self, body: bytes, headers: bytes) -> tuple[bytes, list[bytes]]:
+        bodies = _Bodies()
+        site = SecretcacheSite(bodies, max_connections=10, clock=Clock())
+        connection = Connection(site)
+        connection.protocol.dataReceived(
+            b"POST /cache HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n" + body
+        )
+        return connection.transport.value(), bodies.bodies
+
+    def test_small_body_is_kept(self) -> None:
+        answer, bodies = self.post(b"[]", b"Content-Length: 2\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+        self.assertEqual(bodies, [b"[]"])
+
+    def test_large_or_unsized_body_is_answered_but_not_kept(self) -> None:
+        large = b"x" * 200_000
+        answer, bodies = self.post(large, b"Content-Length: %d\r\n" % len(large))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+        self.assertEqual(bodies, [b""])
+        chunked = b"4\r\nabcd\r\n0\r\n\r\n"
+        answer, bodies = self.post(chunked, b"Transfer-Encoding: chunked\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+        self.assertEqual(bodies, [b""])
