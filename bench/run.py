@@ -162,10 +162,10 @@ class Server:
         try:
             wait_for_port(port, self.process)
         except RuntimeError:
+            # stop() removes the log: read it first.
+            output = self.output()
             self.stop()
-            raise RuntimeError(
-                f"{name} did not start:\n{self.output()[-3000:]}"
-            ) from None
+            raise RuntimeError(f"{name} did not start:\n{output[-3000:]}") from None
 
     def output(self) -> str:
         with open(self.log.name, encoding="utf-8", errors="replace") as f:
