@@ -170,22 +170,24 @@ class CacheTests(SynchronousTestCase):
         self.assertEqual(self.fetches.count, 3)
 
     def test_stale_value_is_served_through_a_transient_failure(self) -> None:
+        d = self.expire_after_a_failed_refresh()
+        self.assertEqual(self.text(d), ("s1", b"stale"))
+
+    def expire_after_a_failed_refresh(self) -> Deferred[tuple[SecretValue, Outcome]]:
+        """KEY cached as s1, expired, and one refresh since failed transiently;
+        returns the request that waited on that refresh."""
         self.cache.get(KEY)
         self.fetches.answer("s1")
         self.clock.advance(301)
-        d = self.cache.get(KEY)
+        waited = self.cache.get(KEY)
         self.fetches.fail(upstream_failure("connection refused"))
-        self.assertEqual(self.text(d), ("s1", b"stale"))
+        return waited
 
     def test_after_a_transient_failure_stale_is_served_at_once(self) -> None:
         """Once a refresh of an expired entry has failed transiently, requests
         do not wait on Secrets Manager again: they get the stale value at
         once, and the retry runs in the background after the back-off."""
-        self.cache.get(KEY)
-        self.fetches.answer("s1")
-        self.clock.advance(301)
-        first = self.cache.get(KEY)
-        self.fetches.fail(upstream_failure("connection refused"))
+        first = self.expire_after_a_failed_refresh()
         self.assertEqual(self.text(first), ("s1", b"stale"))
         # Within the first back-off (1 s, jitter 0): answered, nothing fetched.
         self.clock.advance(0.5)
@@ -227,11 +229,7 @@ class CacheTests(SynchronousTestCase):
         self.assertEqual(self.text(self.cache.get(OTHER)), ("v2", b"hit"))
 
     def test_stale_at_once_ends_when_upstream_answers_for_good(self) -> None:
-        self.cache.get(KEY)
-        self.fetches.answer("s1")
-        self.clock.advance(301)
-        self.cache.get(KEY)
-        self.fetches.fail(upstream_failure("connection refused"))
+        self.expire_after_a_failed_refresh()
         self.clock.advance(1.1)
         self.cache.get(KEY)  # stale, with a retry in the background
         self.fetches.fail(from_upstream(400, "ResourceNotFoundException", "gone"))
@@ -241,11 +239,7 @@ class CacheTests(SynchronousTestCase):
         self.assertEqual(self.failureResultOf(d, SecretcacheError).value.status, 404)
 
     def test_stale_at_once_ends_with_the_stale_window(self) -> None:
-        self.cache.get(KEY)
-        self.fetches.answer("s1")
-        self.clock.advance(301)
-        self.cache.get(KEY)
-        self.fetches.fail(upstream_failure("connection refused"))
+        self.expire_after_a_failed_refresh()
         self.clock.advance(3600)
         d = self.cache.get(KEY)
         self.assertNoResult(d)
@@ -253,11 +247,7 @@ class CacheTests(SynchronousTestCase):
         self.failureResultOf(d, SecretcacheError)
 
     def test_forced_refresh_still_waits_and_fails_while_stale(self) -> None:
-        self.cache.get(KEY)
-        self.fetches.answer("s1")
-        self.clock.advance(301)
-        self.cache.get(KEY)
-        self.fetches.fail(upstream_failure("connection refused"))
+        self.expire_after_a_failed_refresh()
         d = self.cache.get(KEY, refresh=True)
         self.assertNoResult(d)
         self.fetches.fail(upstream_failure("connection refused"))
